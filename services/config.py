@@ -1,0 +1,75 @@
+"""Command-line flags that can also be set from environment variables.
+
+Each service builds a frozen dataclass from ``argparse`` once at start-up; a bad
+value stops the process with one clear line (``argparse`` exits with code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+class EnvArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``env_flag`` reads its default from an env var."""
+
+    def env_flag(
+        self,
+        flag: str,
+        env: str,
+        default: Any,
+        help: str,
+        type: Callable[[str], Any] = str,
+        choices: Sequence[Any] | None = None,
+    ) -> None:
+        raw = os.environ.get(env)
+        value = default
+        if raw is not None and raw != "":
+            try:
+                value = type(raw)
+            except (TypeError, ValueError):
+                self.error(f"environment variable {env}={raw!r} is not a valid {flag}")
+            if choices is not None and value not in choices:
+                self.error(f"environment variable {env}={raw!r} must be one of {list(choices)}")
+        self.add_argument(
+            flag,
+            type=type,
+            default=value,
+            choices=choices,
+            help=f"{help} [env {env}; default: {default!r}]",
+        )
+
+
+def add_common_flags(parser: EnvArgumentParser) -> None:
+    parser.env_flag("--redis-url", "REDIS_URL", "redis://localhost:6379/0", "Redis server URL")
+    parser.env_flag(
+        "--log-level",
+        "LOG_LEVEL",
+        "INFO",
+        "logging level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that accepts only values > 0."""
+
+    def parse(raw: str) -> Any:
+        value = kind(raw)
+        if value <= 0:
+            raise ValueError(f"{raw} is not > 0")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse

@@ -1,0 +1,155 @@
+"""The ingest's WebSocket server: handshake, model check, session, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+import redis.asyncio as redis
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from services import keys
+from services.ingest.config import IngestConfig
+from services.ingest.results import ResultRouter
+from services.ingest.session import ClientGone, Session
+from services.lifecycle import connect_redis, install_stop_signals
+from services.protocol import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    ErrorEvent,
+    ProtocolError,
+    Ready,
+    parse_query,
+)
+
+log = logging.getLogger("ingest")
+
+
+class Ingest:
+    def __init__(self, config: IngestConfig, client: redis.Redis, router: ResultRouter) -> None:
+        self.config = config
+        self.redis = client
+        self.router = router
+        self.sessions = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def served_models(self) -> list[str]:
+        prefix = keys.alive_key("")
+        names = [key.decode()[len(prefix) :] async for key in self.redis.scan_iter(match=keys.ALIVE_PATTERN)]
+        return sorted(names)
+
+    async def resolve_model(self, requested: str | None) -> str:
+        name = keys.model_name(requested) if requested else self.config.default_model
+        if await self.redis.exists(keys.alive_key(name)):
+            return name
+        served = await self.served_models()
+        if not served:
+            raise ProtocolError(
+                "no_transcriber", "no transcriber is running; try again later", CLOSE_TRY_AGAIN
+            )
+        raise ProtocolError(
+            "unknown_model", f"model {name!r} is not served; served now: {', '.join(served)}", CLOSE_POLICY
+        )
+
+    def health(self, ws: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            return ws.respond(HTTPStatus.OK, "ok\n")
+        return None
+
+    async def handle(self, ws: ServerConnection) -> None:
+        session_id = uuid.uuid4().hex[:16]
+        self.sessions += 1
+        self.idle.clear()
+        try:
+            assert ws.request is not None
+            params = parse_query(urlsplit(ws.request.path).query)
+            model = await self.resolve_model(params.model)
+            async with self.router.subscription(session_id) as results:
+                await ws.send(Ready(session_id, model, params.sample_rate).to_json())
+                log.info(
+                    "session %s open from %s: model %s, %d Hz",
+                    session_id,
+                    ws.remote_address,
+                    model,
+                    params.sample_rate,
+                )
+                await Session(
+                    ws, session_id, model, params.sample_rate, self.config, self.redis, results
+                ).run()
+        except* ProtocolError as group:
+            error = group.exceptions[0]
+            assert isinstance(error, ProtocolError)
+            log.info("session %s refused: %s (%s)", session_id, error.code, error.message)
+            await refuse(ws, error)
+        except* (ConnectionClosed, ClientGone):
+            log.info("session %s: client went away", session_id)
+        except* redis.RedisError as group:
+            log.error("session %s: Redis failed: %s", session_id, group.exceptions[0])
+            await refuse(
+                ws, ProtocolError("backend_unavailable", "the queue is unavailable", CLOSE_TRY_AGAIN)
+            )
+        except* Exception:
+            log.exception("session %s failed", session_id)
+            await refuse(ws, ProtocolError("internal_error", "internal server error", CLOSE_INTERNAL))
+        finally:
+            self.sessions -= 1
+            if not self.sessions:
+                self.idle.set()
+
+
+async def refuse(ws: ServerConnection, error: ProtocolError) -> None:
+    """Tell the client why, then close with the error's close code."""
+    try:
+        await ws.send(ErrorEvent(error.code, error.message).to_json())
+        await ws.close(error.close_code, error.message[:120])
+    except ConnectionClosed:
+        pass
+
+
+async def drain(server: Server, ingest: Ingest, grace: float) -> None:
+    """Stop accepting, give live sessions ``grace`` seconds, then close them with 1001."""
+    server.close(close_connections=False)
+    if ingest.sessions:
+        log.info("draining %d live session(s) for up to %.0f s", ingest.sessions, grace)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            await ingest.idle.wait()
+    server.close(close_connections=True)
+    await server.wait_closed()
+
+
+async def run(config: IngestConfig) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    client = await connect_redis(config.redis_url, stop)
+    ingest_id = uuid.uuid4().hex[:8]
+    router = ResultRouter(client, ingest_id)
+    ingest = Ingest(config, client, router)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            routing = tasks.create_task(router.run())
+            async with serve(
+                ingest.handle,
+                config.host,
+                config.port,
+                process_request=ingest.health,
+                max_size=config.max_frame_bytes,
+                compression=None,
+            ) as server:
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    log.info("ingest %s listening on ws://%s:%d", ingest_id, host, port)
+                await stop.wait()
+                await drain(server, ingest, config.drain_timeout)
+            routing.cancel()
+    finally:
+        await client.aclose()
+    log.info("ingest %s stopped", ingest_id)

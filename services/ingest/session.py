@@ -1,0 +1,129 @@
+"""One client's session: audio in, VAD segments out to Redis, transcripts back.
+
+Two owned tasks per session: ``_receive`` reads frames and enqueues segments,
+``_relay`` turns results into events, in segment order, and ends the session
+with ``done`` once end of audio was seen and every segment is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as redis
+from websockets.asyncio.server import ServerConnection
+
+from services import keys
+from services.audio import resample_pcm16
+from services.ingest.config import IngestConfig
+from services.ingest.ledger import Ledger
+from services.protocol import (
+    Done,
+    SegmentJob,
+    SegmentResult,
+    ServerEvent,
+    check_audio_frame,
+    parse_text,
+)
+from services.segmenter import Dropped, Event, Segmenter
+
+log = logging.getLogger("ingest.session")
+
+WAKE = b""  # put on a session's result queue to make the relay look at its state
+
+
+class ClientGone(Exception):
+    """The client closed the connection before end of audio."""
+
+
+class Session:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        session_id: str,
+        model: str,
+        rate: int,
+        config: IngestConfig,
+        client: redis.Redis,
+        results: asyncio.Queue[bytes],
+    ) -> None:
+        self.ws = ws
+        self.id = session_id
+        self.rate = rate
+        self.config = config
+        self.redis = client
+        self.results = results
+        self.stream = keys.segment_stream(model)
+        self.segmenter = Segmenter(rate, config.segmenter)
+        self.ledger = Ledger(config.result_timeout)
+        self.eof = False
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._receive())
+            tasks.create_task(self._relay())
+
+    async def _receive(self) -> None:
+        async for message in self.ws:
+            if isinstance(message, bytes):
+                check_audio_frame(message)
+                for event in self.segmenter.feed(message):
+                    await self._enqueue(event)
+            else:
+                parse_text(message)  # the only client message is end of audio
+                for event in self.segmenter.flush():
+                    await self._enqueue(event)
+                log.info("session %s end of audio at %.2f s", self.id, self.segmenter.position)
+                self.eof = True
+                await self.results.put(WAKE)
+                return
+        raise ClientGone()
+
+    async def _enqueue(self, event: Event) -> None:
+        if isinstance(event, Dropped):
+            log.debug(
+                "session %s dropped %.2f-%.2f s: %.2f s voiced", self.id, event.start, event.end, event.voiced
+            )
+            return
+        endpoint_at = time.time()
+        pcm = resample_pcm16(event.pcm, self.rate)
+        number = self.ledger.add(event.start, event.end, endpoint_at, endpoint_at)
+        job = SegmentJob(self.id, number, pcm, event.start, event.end, endpoint_at, time.time())
+        fields: dict[Any, Any] = job.to_fields()
+        await self.redis.xadd(self.stream, fields, maxlen=self.config.stream_maxlen, approximate=True)
+        log.info(
+            "session %s segment %d queued: %.2f-%.2f s (%s)",
+            self.id,
+            number,
+            event.start,
+            event.end,
+            event.reason,
+        )
+
+    async def _relay(self) -> None:
+        while not (self.eof and self.ledger.unanswered == 0):
+            deadline = self.ledger.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            try:
+                raw = await asyncio.wait_for(self.results.get(), timeout)
+            except TimeoutError:
+                events = self.ledger.expire(time.time())
+            else:
+                events = [] if raw == WAKE else self._resolve(raw)
+            for event in events:
+                await self.ws.send(event.to_json())
+        await self.ws.send(Done().to_json())
+        log.info("session %s done", self.id)
+
+    def _resolve(self, raw: bytes) -> list[ServerEvent]:
+        try:
+            result = SegmentResult.from_json(raw)
+        except ValueError as exc:
+            log.error("session %s: %s", self.id, exc)
+            return []
+        if result.session != self.id:
+            log.error("session %s got a result for session %s; dropped", self.id, result.session)
+            return []
+        return self.ledger.resolve(result, time.time())

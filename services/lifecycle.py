@@ -1,0 +1,48 @@
+"""Process lifecycle shared by the services: signals and Redis start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import redis.asyncio as redis
+
+log = logging.getLogger("lifecycle")
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set ``stop`` for a graceful shutdown; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def connect_redis(url: str, stop: asyncio.Event, max_wait: float = 30.0) -> redis.Redis:
+    """Connect to Redis, retrying with backoff for up to ``max_wait`` seconds.
+
+    Raises ``redis.ConnectionError`` when Redis stays unreachable.
+    """
+    client = redis.Redis.from_url(url, health_check_interval=10)
+    deadline = asyncio.get_running_loop().time() + max_wait
+    delay = 0.1
+    while True:
+        try:
+            await client.ping()
+            return client
+        except (redis.ConnectionError, OSError) as exc:
+            if stop.is_set() or asyncio.get_running_loop().time() + delay > deadline:
+                await client.aclose()
+                raise redis.ConnectionError(f"Redis at {url} is unreachable: {exc}") from None
+            log.warning("Redis at %s not reachable yet (%s); retrying in %.1f s", url, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,213 @@
+"""Voice-activity segmenter: a sans-I/O state machine, bytes in, events out.
+
+Feed it 16-bit mono PCM of any chunk size at one of the WebRTC VAD rates; it
+re-frames into ``frame_ms`` VAD frames and emits a ``Segment`` each time speech
+is followed by ``silence_ms`` of silence, or when a segment reaches
+``max_segment_ms`` (cut at the quietest point of its last ``cut_search_ms``).
+Segments with less than ``min_speech_ms`` of voiced frames are dropped
+(``Dropped``): blips and noise never reach the model.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import webrtcvad
+
+from services.protocol import SAMPLE_RATES
+
+VadFn = Callable[[bytes], bool]
+# A segment ends once no more than this share of the trailing silence window is voiced,
+# so a lone noise frame inside a pause does not hold a segment open.
+END_VOICED_SHARE = 0.1
+# Speech starts once this share of the start window is voiced.
+START_VOICED_SHARE = 0.5
+
+
+def webrtc_vad(rate: int, mode: int) -> VadFn:
+    detector = webrtcvad.Vad(mode)
+
+    def is_speech(frame: bytes) -> bool:
+        return bool(detector.is_speech(frame, rate))
+
+    return is_speech
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    vad_mode: int = 3
+    frame_ms: int = 30
+    silence_ms: int = 600
+    start_ms: int = 240
+    pre_roll_ms: int = 300
+    post_roll_ms: int = 200
+    min_speech_ms: int = 250
+    max_segment_ms: int = 28_000
+    cut_search_ms: int = 5_000
+
+    def check(self) -> None:
+        """Raise ValueError with one clear sentence if a value cannot work."""
+        if self.vad_mode not in (0, 1, 2, 3):
+            raise ValueError(f"VAD mode must be 0..3, not {self.vad_mode}")
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError(f"VAD frame must be 10, 20 or 30 ms, not {self.frame_ms}")
+        for name in ("silence_ms", "start_ms", "min_speech_ms"):
+            if getattr(self, name) < self.frame_ms:
+                raise ValueError(f"{name} must be at least one VAD frame ({self.frame_ms} ms)")
+        if not 0 <= self.pre_roll_ms <= 2000 or not 0 <= self.post_roll_ms <= self.silence_ms:
+            raise ValueError("pre-roll must be 0..2000 ms and post-roll 0..silence ms")
+        if not 1000 <= self.max_segment_ms <= 29_000:
+            raise ValueError("max segment must be 1..29 s (Whisper's window is 30 s)")
+        if not self.frame_ms <= self.cut_search_ms < self.max_segment_ms:
+            raise ValueError("cut search window must be shorter than the max segment")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Speech to transcribe. Times are seconds from the start of the stream."""
+
+    pcm: bytes
+    start: float
+    end: float
+    speech_end: float
+    voiced: float
+    reason: Literal["silence", "max_length", "eof"]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A stretch that started like speech but held too little of it."""
+
+    start: float
+    end: float
+    voiced: float
+
+
+Event = Segment | Dropped
+
+
+class Segmenter:
+    def __init__(self, rate: int, config: SegmenterConfig, vad: VadFn | None = None) -> None:
+        if rate not in SAMPLE_RATES:
+            raise ValueError(f"unsupported sample rate {rate}")
+        config.check()
+        self.rate = rate
+        self.config = config
+        self._frame_bytes = rate * config.frame_ms // 1000 * 2
+        self._vad = vad or webrtc_vad(rate, config.vad_mode)
+        n = self._frames
+        self._start_frames = n(config.start_ms)
+        self._pre_frames = n(config.pre_roll_ms)
+        self._post_frames = n(config.post_roll_ms)
+        self._max_frames = n(config.max_segment_ms)
+        self._search_frames = n(config.cut_search_ms)
+        self._min_voiced = n(config.min_speech_ms)
+        self._pending = bytearray()
+        self._count = 0  # frames seen so far
+        self._history: deque[tuple[bytes, bool]] = deque(maxlen=self._start_frames + self._pre_frames)
+        self._trail: deque[bool] = deque(maxlen=n(config.silence_ms))
+        self._speech: list[tuple[bytes, bool]] | None = None  # the open segment's frames
+        self._speech_first = 0  # index of the open segment's first frame
+
+    def _frames(self, ms: int) -> int:
+        return max(1, ms // self.config.frame_ms)
+
+    def _seconds(self, frames: int) -> float:
+        return frames * self.config.frame_ms / 1000
+
+    @property
+    def position(self) -> float:
+        """Seconds of audio fed so far (whole VAD frames)."""
+        return self._seconds(self._count)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._speech is not None
+
+    def feed(self, pcm: bytes) -> list[Event]:
+        """Take any number of bytes of 16-bit PCM; return the events they complete."""
+        self._pending += pcm
+        events: list[Event] = []
+        size = self._frame_bytes
+        whole = len(self._pending) - len(self._pending) % size
+        for offset in range(0, whole, size):
+            frame = bytes(self._pending[offset : offset + size])
+            events.extend(self._step(frame, self._vad(frame)))
+        del self._pending[:whole]
+        return events
+
+    def flush(self) -> list[Event]:
+        """End of stream: close any open segment (a partial last frame is ignored)."""
+        self._pending.clear()
+        if self._speech is None:
+            return []
+        return [self._close(len(self._speech), "eof")]
+
+    def _step(self, frame: bytes, voiced: bool) -> list[Event]:
+        self._count += 1
+        if self._speech is None:
+            self._history.append((frame, voiced))
+            recent = list(self._history)[-self._start_frames :]
+            if sum(v for _, v in recent) < START_VOICED_SHARE * self._start_frames:
+                return []
+            first_voiced = next(i for i, (_, v) in enumerate(recent) if v)
+            begin = max(0, len(self._history) - len(recent) + first_voiced - self._pre_frames)
+            self._speech = list(self._history)[begin:]
+            self._speech_first = self._count - len(self._speech)
+            self._history.clear()
+            self._trail.clear()
+            return []
+        self._speech.append((frame, voiced))
+        self._trail.append(voiced)
+        if len(self._trail) == self._trail.maxlen and sum(self._trail) <= END_VOICED_SHARE * len(self._trail):
+            last_voiced = max(i for i, (_, v) in enumerate(self._speech) if v)
+            return [self._close(min(len(self._speech), last_voiced + 1 + self._post_frames), "silence")]
+        if len(self._speech) >= self._max_frames:
+            return [self._close(self._cut_point(), "max_length")]
+        return []
+
+    def _cut_point(self) -> int:
+        """Where to cut an over-long segment: the middle of the longest pause in the
+        search window, or its quietest frame when it holds no pause."""
+        assert self._speech is not None
+        lo = len(self._speech) - self._search_frames
+        best_len, best_at, run = 0, -1, 0
+        for i in range(lo, len(self._speech)):
+            run = 0 if self._speech[i][1] else run + 1
+            if run > best_len:
+                best_len, best_at = run, i - run // 2
+        if best_at > 0:
+            return best_at
+        energy = [float(np.abs(np.frombuffer(f, "<i2")).mean()) for f, _ in self._speech[lo:]]
+        return max(1, lo + int(np.argmin(energy)))
+
+    def _close(self, keep: int, reason: Literal["silence", "max_length", "eof"]) -> Event:
+        """Emit the first ``keep`` frames of the open segment as one event."""
+        assert self._speech is not None
+        frames, rest = self._speech[:keep], self._speech[keep:]
+        first = self._speech_first
+        voiced_flags = [v for _, v in frames]
+        voiced = sum(voiced_flags)
+        last_voiced = max((i for i, v in enumerate(voiced_flags) if v), default=-1)
+        start, end = self._seconds(first), self._seconds(first + len(frames))
+        if reason == "max_length":
+            # The speaker goes on: the rest opens the next segment.
+            self._speech, self._speech_first = rest, first + keep
+            self._trail.clear()
+        else:
+            self._speech = None
+            self._history.extend(rest)
+        if voiced < self._min_voiced:
+            return Dropped(start=start, end=end, voiced=self._seconds(voiced))
+        return Segment(
+            pcm=b"".join(f for f, _ in frames),
+            start=start,
+            end=end,
+            speech_end=self._seconds(first + last_voiced + 1),
+            voiced=self._seconds(voiced),
+            reason=reason,
+        )

@@ -1,0 +1,48 @@
+"""``python -m services.transcriber``: one Whisper transcriber process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import redis
+import torch
+
+from services.config import setup_logging
+from services.transcriber.config import ConfigError, parse_args
+from services.transcriber.model import ModelLoadError, WhisperModel
+from services.transcriber.worker import run
+
+log = logging.getLogger("transcriber")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        model = WhisperModel.load(
+            config.model_id, config.device, config.torch_dtype, config.language, config.task
+        )
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return 1
+    # Loaded and warmed before joining the consumer group: the first segment is not slow.
+    model.warm_up()
+    try:
+        asyncio.run(run(config, model))
+    except redis.ConnectionError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

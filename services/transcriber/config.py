@@ -1,0 +1,105 @@
+"""Transcriber settings: one frozen dataclass, built once from flags and env vars."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from services.config import EnvArgumentParser, add_common_flags, positive
+from services.keys import model_name
+
+DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
+
+
+class ConfigError(Exception):
+    """A setting that cannot work on this machine; the message is one line."""
+
+
+@dataclass(frozen=True)
+class TranscriberConfig:
+    redis_url: str
+    model_id: str
+    name: str  # the pool (and stream) this transcriber serves
+    device: str
+    dtype: str
+    language: str
+    task: str
+    max_batch: int
+    threads: int
+    consumer: str
+    log_level: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float16 if self.dtype == "float16" else torch.float32
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, str]:
+    """Turn ``auto`` into a real device and dtype; refuse what cannot work here."""
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"--device cuda asked for, but CUDA is not available ({why}); use --device cpu")
+    resolved = device if device != "auto" else ("cuda" if cuda else "cpu")
+    if dtype == "float16" and resolved == "cpu":
+        raise ConfigError("--dtype float16 needs a CUDA device; on CPU use --dtype float32")
+    if dtype == "auto":
+        dtype = "float16" if resolved == "cuda" else "float32"
+    return resolved, dtype
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
+    """Parse flags; raise ConfigError when the device or dtype cannot work here."""
+    parser = EnvArgumentParser(
+        prog="python -m services.transcriber",
+        description="Whisper transcriber: reads speech segments of one model's stream "
+        "with a consumer group, publishes each transcript on the session's channel.",
+    )
+    parser.env_flag(
+        "--model-id", "MODEL_ID", DEFAULT_MODEL_ID, "Hugging Face Hub id or local model directory"
+    )
+    parser.env_flag(
+        "--serve-as",
+        "SERVE_AS",
+        "",
+        "pool name clients select with ?model= (default: swift/prime for Oriserve's models, "
+        "else the directory name or Hub id)",
+    )
+    parser.env_flag("--device", "DEVICE", "auto", "where the model runs", choices=["auto", "cuda", "cpu"])
+    parser.env_flag(
+        "--dtype",
+        "DTYPE",
+        "auto",
+        "weights precision (auto: float16 on CUDA, float32 on CPU)",
+        choices=["auto", "float16", "float32"],
+    )
+    parser.env_flag(
+        "--language", "LANGUAGE", "en", "decoding language; 'en' makes Oriserve's models write Hinglish"
+    )
+    parser.env_flag("--task", "TASK", "transcribe", "Whisper task", choices=["transcribe", "translate"])
+    parser.env_flag(
+        "--max-batch", "MAX_BATCH", 8, "most segments transcribed in one batch", type=positive(int)
+    )
+    parser.env_flag("--threads", "TORCH_THREADS", 0, "torch CPU threads (0: torch's default)", type=int)
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+    device, dtype = resolve_device(args.device, args.dtype)
+    consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return TranscriberConfig(
+        redis_url=args.redis_url,
+        model_id=args.model_id,
+        name=model_name(args.serve_as or args.model_id),
+        device=device,
+        dtype=dtype,
+        language=args.language,
+        task=args.task,
+        max_batch=args.max_batch,
+        threads=args.threads,
+        consumer=consumer,
+        log_level=args.log_level,
+    )
