@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -34,15 +35,32 @@ async def connect_redis(url: str, stop: asyncio.Event, max_wait: float = 30.0) -
     """
     client = redis.Redis.from_url(url, health_check_interval=10)
     deadline = asyncio.get_running_loop().time() + max_wait
-    delay = 0.1
+    backoff = Backoff()
     while True:
         try:
             await client.ping()
             return client
         except (redis.ConnectionError, OSError) as exc:
-            if stop.is_set() or asyncio.get_running_loop().time() + delay > deadline:
+            if stop.is_set() or asyncio.get_running_loop().time() + backoff.delay > deadline:
                 await client.aclose()
                 raise redis.ConnectionError(f"Redis at {url} is unreachable: {exc}") from None
-            log.warning("Redis at %s not reachable yet (%s); retrying in %.1f s", url, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await backoff.wait(stop, f"Redis at {url} not reachable yet ({exc})")
+
+
+class Backoff:
+    """Exponential retry delay (0.1 s doubling to 2 s) that logs each wait."""
+
+    def __init__(self, first: float = 0.1, cap: float = 2.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.delay = first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    async def wait(self, stop: asyncio.Event, why: str) -> None:
+        """Sleep for the current delay (or until ``stop``), then lengthen it."""
+        log.warning("%s; retrying in %.1f s", why, self.delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), self.delay)
+        self.delay = min(self.delay * 2, self.cap)

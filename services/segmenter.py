@@ -5,7 +5,8 @@ re-frames into ``frame_ms`` VAD frames and emits a ``Segment`` each time speech
 is followed by ``silence_ms`` of silence, or when a segment reaches
 ``max_segment_ms`` (cut at the quietest point of its last ``cut_search_ms``).
 Segments with less than ``min_speech_ms`` of voiced frames are dropped
-(``Dropped``): blips and noise never reach the model.
+(``Dropped``), and so are those whose voiced frames are spectrally flat
+(WebRTC VAD calls loud white noise speech): blips and noise never reach the model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal
 import numpy as np
 import webrtcvad
 
+from services.audio import spectral_flatness
 from services.protocol import SAMPLE_RATES
 
 VadFn = Callable[[bytes], bool]
@@ -48,6 +50,7 @@ class SegmenterConfig:
     min_speech_ms: int = 250
     max_segment_ms: int = 28_000
     cut_search_ms: int = 5_000
+    max_flatness: float = 0.5
 
     def check(self) -> None:
         """Raise ValueError with one clear sentence if a value cannot work."""
@@ -64,6 +67,8 @@ class SegmenterConfig:
             raise ValueError("max segment must be 1..29 s (Whisper's window is 30 s)")
         if not self.frame_ms <= self.cut_search_ms < self.max_segment_ms:
             raise ValueError("cut search window must be shorter than the max segment")
+        if not 0 < self.max_flatness <= 1:
+            raise ValueError("max spectral flatness must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,13 @@ class Segment:
 
 @dataclass(frozen=True)
 class Dropped:
-    """A stretch that started like speech but held too little of it."""
+    """A stretch that started like speech but was not: too little of it voiced
+    (``too_short``), or its voiced frames have the flat spectrum of noise (``noise``)."""
 
     start: float
     end: float
     voiced: float
+    reason: Literal["too_short", "noise"]
 
 
 Event = Segment | Dropped
@@ -202,7 +209,9 @@ class Segmenter:
             self._speech = None
             self._history.extend(rest)
         if voiced < self._min_voiced:
-            return Dropped(start=start, end=end, voiced=self._seconds(voiced))
+            return Dropped(start, end, self._seconds(voiced), "too_short")
+        if spectral_flatness(b"".join(f for f, v in frames if v), self.rate) > self.config.max_flatness:
+            return Dropped(start, end, self._seconds(voiced), "noise")
         return Segment(
             pcm=b"".join(f for f, _ in frames),
             start=start,

@@ -106,12 +106,25 @@ class Ingest:
 
 
 async def refuse(ws: ServerConnection, error: ProtocolError) -> None:
-    """Tell the client why, then close with the error's close code."""
+    """Tell the client why, then close with the error's close code.
+
+    Frames the client keeps sending are read and discarded meanwhile: unread, they
+    would hold its close frame back and stall the closing handshake.
+    """
+    discard = asyncio.create_task(discard_incoming(ws))
     try:
         await ws.send(ErrorEvent(error.code, error.message).to_json())
         await ws.close(error.close_code, error.message[:120])
     except ConnectionClosed:
         pass
+    finally:
+        discard.cancel()
+
+
+async def discard_incoming(ws: ServerConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass
 
 
 async def drain(server: Server, ingest: Ingest, grace: float) -> None:

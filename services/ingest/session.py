@@ -83,9 +83,7 @@ class Session:
 
     async def _enqueue(self, event: Event) -> None:
         if isinstance(event, Dropped):
-            log.debug(
-                "session %s dropped %.2f-%.2f s: %.2f s voiced", self.id, event.start, event.end, event.voiced
-            )
+            log.debug("session %s dropped %.2f-%.2f s (%s)", self.id, event.start, event.end, event.reason)
             return
         endpoint_at = time.time()
         pcm = resample_pcm16(event.pcm, self.rate)

@@ -8,6 +8,7 @@ and only then acknowledges (and deletes) the entries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -16,7 +17,7 @@ import redis.asyncio as redis
 
 from services import keys
 from services.audio import pcm16_to_float
-from services.lifecycle import connect_redis, install_stop_signals
+from services.lifecycle import Backoff, connect_redis, install_stop_signals
 from services.protocol import SegmentJob, SegmentResult
 from services.transcriber.config import TranscriberConfig
 from services.transcriber.guard import judge
@@ -50,22 +51,29 @@ class Worker:
         async with asyncio.TaskGroup() as tasks:
             heartbeat = tasks.create_task(self._heartbeat())
             log.info("consumer %s serving %r from %s", self.config.consumer, self.config.name, self.stream)
+            backoff = Backoff()
             while not stop.is_set():
-                reply: Any = await self.redis.xreadgroup(
-                    keys.GROUP,
-                    self.config.consumer,
-                    {self.stream: ">"},
-                    count=self.config.max_batch,
-                    block=BLOCK_MS,
-                )
-                entries = [entry for _, stream_entries in reply or [] for entry in stream_entries]
-                if entries:
-                    await self._process(entries)
+                try:
+                    reply: Any = await self.redis.xreadgroup(
+                        keys.GROUP,
+                        self.config.consumer,
+                        {self.stream: ">"},
+                        count=self.config.max_batch,
+                        block=BLOCK_MS,
+                    )
+                    entries = [entry for _, stream_entries in reply or [] for entry in stream_entries]
+                    if entries:
+                        await self._process(entries)
+                    backoff.reset()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    # Unacknowledged entries stay pending in the group; nothing is lost.
+                    await backoff.wait(stop, f"Redis unreachable ({exc})")
             heartbeat.cancel()
 
     async def _heartbeat(self) -> None:
         while True:
-            await self.redis.set(keys.alive_key(self.config.name), self.config.consumer, px=ALIVE_TTL_MS)
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                await self.redis.set(keys.alive_key(self.config.name), self.config.consumer, px=ALIVE_TTL_MS)
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:

@@ -1,0 +1,125 @@
+"""Stream a WAV file to the speech-to-text WebSocket server and print the transcript.
+
+python clients/client_file.py --uri ws://localhost:8000 --wav-path audio.wav
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+import wave
+from pathlib import Path
+
+from common import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    SAMPLE_RATES,
+    add_stream_arguments,
+    build_url,
+    stream_session,
+)
+from websockets.asyncio.client import ClientConnection
+
+SAMPLE_WIDTH_BYTES = 2
+
+
+class UnsupportedWav(Exception):
+    """The file is not a 16-bit PCM mono WAV at a rate the server accepts."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Stream a 16-bit PCM mono WAV file (8, 16, 32 or 48 kHz) to the "
+        "speech-to-text WebSocket server and print one line per speech segment.",
+        epilog=EXIT_CODES_HELP,
+    )
+    parser.add_argument("--wav-path", type=Path, required=True, help="the WAV file")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="send as fast as the server accepts instead of at real-time pace",
+    )
+    add_stream_arguments(parser, timeout_s=60.0)
+    return parser.parse_args(argv)
+
+
+def open_wav(path: Path) -> wave.Wave_read:
+    """Open ``path`` for reading; UnsupportedWav says what is wrong with its format."""
+    with path.open("rb") as file:
+        header = file.read(12)
+    if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        raise UnsupportedWav("not a WAV file (no RIFF/WAVE header)")
+    try:
+        wav = wave.open(str(path), "rb")  # noqa: SIM115 - the caller closes it
+    except (wave.Error, EOFError) as exc:
+        raise UnsupportedWav(f"unsupported WAV encoding ({exc}); need 16-bit PCM") from None
+    problems = []
+    if wav.getnchannels() != 1:
+        problems.append(f"{wav.getnchannels()} channels, need mono")
+    if wav.getsampwidth() != SAMPLE_WIDTH_BYTES:
+        problems.append(f"{8 * wav.getsampwidth()}-bit samples, need 16-bit PCM")
+    if wav.getframerate() not in SAMPLE_RATES:
+        rates = ", ".join(str(rate) for rate in SAMPLE_RATES)
+        problems.append(f"{wav.getframerate()} Hz, need one of {rates} Hz")
+    if problems:
+        wav.close()
+        raise UnsupportedWav("; ".join(problems))
+    return wav
+
+
+def conversion_hint(path: Path) -> str:
+    """The ffmpeg command that turns ``path`` into a file this client accepts."""
+    output = path.with_name(f"{path.stem}_16k_mono.wav")
+    others = ", ".join(str(rate) for rate in SAMPLE_RATES if rate != 16000)
+    return (
+        f"convert it with: ffmpeg -i {shlex.quote(str(path))} -ac 1 -ar 16000 "
+        f"-sample_fmt s16 {shlex.quote(str(output))}   (-ar may also be {others})"
+    )
+
+
+async def send_wav(ws: ClientConnection, wav: wave.Wave_read, *, chunk_ms: int, paced: bool) -> None:
+    """Send the PCM in ``chunk_ms`` frames; paced: each one when its audio would have ended."""
+    rate = wav.getframerate()
+    chunk_frames = rate * chunk_ms // 1000
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    frames_sent = 0
+    while chunk := wav.readframes(chunk_frames):
+        frames_sent += len(chunk) // SAMPLE_WIDTH_BYTES
+        if paced:
+            # Against the wall clock, so the time spent sending never adds up to drift.
+            delay = started + frames_sent / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await ws.send(chunk)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        wav = open_wav(args.wav_path)
+    except OSError as exc:
+        print(f"{args.wav_path}: cannot read it: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnsupportedWav as exc:
+        print(f"{args.wav_path}: {exc}", file=sys.stderr)
+        print(conversion_hint(args.wav_path), file=sys.stderr)
+        return EXIT_USAGE
+    with wav:
+        url = build_url(args.uri, wav.getframerate(), args.model)
+
+        async def send_audio(ws: ClientConnection) -> None:
+            await send_wav(ws, wav, chunk_ms=args.chunk_duration, paced=not args.fast)
+
+        try:
+            return asyncio.run(stream_session(url, send_audio, as_json=args.json, done_timeout=args.timeout))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

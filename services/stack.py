@@ -1,0 +1,159 @@
+"""``make run``: the whole stack on this machine, without Docker.
+
+Starts a private ``redis-server`` on a free port (unless ``REDIS_URL`` is set),
+``TRANSCRIBERS`` transcriber processes and one ingest, prints the WebSocket URL,
+and stops every child on Ctrl-C / SIGTERM (or when any child dies). Children run
+in their own sessions so that a terminal's Ctrl-C reaches only this process,
+which then stops them in order: ingest, transcribers, Redis.
+
+Environment: ``MODEL_ID`` (default ``models/whisper-base``), ``DEVICE`` (auto),
+``PORT`` (8000), ``TRANSCRIBERS`` (1), ``REDIS_URL``; the services read the rest
+of their settings from their own environment variables (see their ``--help``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from services.keys import model_name
+
+STOP_GRACE_S = 15.0
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    model_id: str
+    device: str
+    port: int
+    transcribers: int
+    redis_url: str | None
+
+    @classmethod
+    def from_env(cls) -> StackConfig:
+        try:
+            port = int(os.environ.get("PORT", "8000"))
+            transcribers = int(os.environ.get("TRANSCRIBERS", "1"))
+        except ValueError as exc:
+            raise SystemExit(f"error: PORT and TRANSCRIBERS must be integers ({exc})") from None
+        if transcribers < 1:
+            raise SystemExit("error: TRANSCRIBERS must be at least 1")
+        return cls(
+            model_id=os.environ.get("MODEL_ID", "models/whisper-base"),
+            device=os.environ.get("DEVICE", "auto"),
+            port=port,
+            transcribers=transcribers,
+            redis_url=os.environ.get("REDIS_URL") or None,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, name: str, child: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise SystemExit(f"error: {name} exited with code {child.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"error: nothing listens on port {port} after {timeout:.0f} s")
+
+
+def start_redis() -> tuple[str, subprocess.Popen[bytes]]:
+    if shutil.which("redis-server") is None:
+        raise SystemExit("error: redis-server is not installed (deploy/install-system-deps.sh installs it)")
+    port = free_port()
+    child = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_for_port(port, "redis-server", child, 10)
+    return f"redis://127.0.0.1:{port}/0", child
+
+
+def stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Stop the services newest first (ingest, transcribers), then Redis: SIGTERM each,
+    wait, SIGKILL whoever outlives the grace period."""
+    for child in reversed(children.values()):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def main() -> int:
+    config = StackConfig.from_env()
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    python = sys.executable
+    try:
+        redis_url = config.redis_url
+        if redis_url is None:
+            redis_url, redis_child = start_redis()
+            children["redis-server"] = redis_child
+        env = {**os.environ, "REDIS_URL": redis_url}
+        threads = max(1, (os.cpu_count() or 1) // config.transcribers)
+        env.setdefault("TORCH_THREADS", str(threads))
+        for n in range(config.transcribers):
+            cmd = [
+                python,
+                "-m",
+                "services.transcriber",
+                "--model-id",
+                config.model_id,
+                "--device",
+                config.device,
+            ]
+            children[f"transcriber {n + 1}"] = subprocess.Popen(cmd, env=env, start_new_session=True)
+        ingest_cmd = [
+            python, "-m", "services.ingest", "--port", str(config.port),
+            "--default-model", model_name(config.model_id),
+        ]  # fmt: skip
+        children["ingest"] = subprocess.Popen(ingest_cmd, env=env, start_new_session=True)
+        wait_for_port(config.port, "ingest", children["ingest"], 30)
+        uri = f"ws://localhost:{config.port}"
+        print(
+            f"\n  Streaming speech-to-text at {uri}  (model {model_name(config.model_id)}, "
+            f"{config.transcribers} transcriber(s), Redis {redis_url})\n"
+            f"  Try: {python} clients/client_file.py --uri {uri} --wav-path audio.wav\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    print(f"error: {name} exited with code {child.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        stop_all(children)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
