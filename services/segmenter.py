@@ -43,7 +43,7 @@ def webrtc_vad(rate: int, mode: int) -> VadFn:
 class SegmenterConfig:
     vad_mode: int = 3
     frame_ms: int = 30
-    silence_ms: int = 600
+    silence_ms: int = 500
     start_ms: int = 240
     pre_roll_ms: int = 300
     post_roll_ms: int = 200

@@ -67,7 +67,8 @@ def espeak(text: str, path: Path, voice: str = "en-us") -> np.ndarray:
     samples, rate = sf.read(path, dtype="int16")
     assert rate == ESPEAK_RATE
     loud = np.flatnonzero(np.abs(samples) > 300)
-    return samples[loud[0] : loud[-1] + 1]
+    trimmed: np.ndarray = samples[loud[0] : loud[-1] + 1]
+    return trimmed
 
 
 def to_rate(samples: np.ndarray, rate: int, workdir: Path, name: str) -> Path:

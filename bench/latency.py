@@ -1,0 +1,154 @@
+"""End-of-speech -> text latency and WER of the whole pipeline, for several VAD silence settings.
+
+Starts a real redis-server, one whisper-base transcriber and, per setting, one ingest; streams
+espeak-ng sentences separated by silence at real-time pace from one client and times, for each
+sentence, the moment its last sample was sent to the moment its transcript arrived. Also measures
+the pauses inside real Hindi utterances, which a segment must bridge without being cut.
+
+    .venv/bin/python -m bench.latency [--silence-ms 300,450,600,800] [--out bench/results/latency.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+import soundfile as sf
+import webrtcvad
+from websockets.asyncio.client import connect
+
+from services import keys
+from tests.helpers import (
+    MODEL_DIR,
+    ROOT,
+    Speech,
+    Stream,
+    start_ingest,
+    start_redis,
+    start_transcriber,
+    wait_until,
+    wer,
+)
+
+HINDI = sorted(glob.glob(str(ROOT.parent / "shared/audio/oriserve-examples/*.wav")))
+
+
+async def stream_real_time(
+    uri: str, stream: Stream, chunk_ms: int
+) -> tuple[float, list[tuple[dict[str, Any], float]]]:
+    """Send ``stream`` paced by the wall clock; return (start time, [(final, arrival time)])."""
+    chunk = stream.rate * chunk_ms // 1000 * 2
+    got: list[tuple[dict[str, Any], float]] = []
+    async with connect(f"{uri}/?sample_rate={stream.rate}") as ws:
+        started = time.time()
+
+        async def send() -> None:
+            for n, i in enumerate(range(0, len(stream.pcm), chunk)):
+                await asyncio.sleep(max(0.0, started + n * chunk_ms / 1000 - time.time()))
+                await ws.send(stream.pcm[i : i + chunk])
+            await ws.send(json.dumps({"type": "eof"}))
+
+        sender = asyncio.create_task(send())
+        async for message in ws:
+            event = json.loads(message)
+            if event["type"] == "final":
+                got.append((event, time.time()))
+            elif event["type"] == "done":
+                break
+        await sender
+    return started, got
+
+
+def measure(uri: str, stream: Stream, chunk_ms: int) -> dict[str, Any]:
+    started, got = asyncio.run(stream_real_time(uri, stream, chunk_ms))
+    latencies, texts = [], []
+    for start, end in stream.utterances:
+        mine = [(e, t) for e, t in got if start - 0.5 <= e["start"] and e["end"] <= end + 0.5]
+        texts.append(" ".join(e["text"] for e, _ in mine))
+        if mine:
+            latencies.append(mine[-1][1] - (started + end))
+    return {
+        "segments": len(got),
+        "utterances": len(stream.utterances),
+        "wer": wer(" ".join(stream.texts), " ".join(texts)),
+        "eos_to_text_s": [round(x, 3) for x in latencies],
+        "server_latency_s": [e["latency"] for e, _ in got],
+    }
+
+
+def pauses_inside_speech(paths: list[str]) -> list[int]:
+    """Runs of non-speech frames (ms) between the first and last voiced frame of each clip."""
+    vad = webrtcvad.Vad(3)
+    runs: list[int] = []
+    for path in paths:
+        samples, rate = sf.read(path, dtype="float32")
+        pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+        size = rate * 30 // 1000 * 2
+        flags = [vad.is_speech(pcm[i : i + size], rate) for i in range(0, len(pcm) - size + 1, size)]
+        voiced = [i for i, f in enumerate(flags) if f]
+        run = 0
+        for flag in flags[voiced[0] : voiced[-1] + 1] if voiced else []:
+            if flag and run:
+                runs.append(run * 30)
+            run = 0 if flag else run + 1
+    return runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--silence-ms", default="300,450,600,800")
+    parser.add_argument("--chunk-ms", type=int, default=20, choices=[10, 20, 30])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        speech = Speech(workdir)
+        stream = speech.stream(16000)
+        redis_url, redis_proc = start_redis(workdir)
+        transcriber = start_transcriber(redis_url, workdir)
+        name = keys.model_name(str(MODEL_DIR))
+        client = redis.Redis.from_url(redis_url)
+        wait_until(lambda: client.exists(keys.alive_key(name)), 180, "the transcriber")
+        report: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "model": name,
+            "chunk_ms": args.chunk_ms,
+            "settings": {},
+        }
+        try:
+            for silence in [int(x) for x in args.silence_ms.split(",")]:
+                uri, ingest = start_ingest(redis_url, workdir, name, "--silence-ms", str(silence))
+                try:
+                    report["settings"][silence] = result = measure(uri, stream, args.chunk_ms)
+                finally:
+                    ingest.stop()
+                lat = result["eos_to_text_s"]
+                print(
+                    f"silence {silence:4d} ms: {result['segments']} segments for {result['utterances']} "
+                    f"sentences, WER {result['wer']:.3f}, end of speech -> text "
+                    f"median {statistics.median(lat):.2f} s, max {max(lat):.2f} s",
+                    flush=True,
+                )
+        finally:
+            transcriber.stop()
+            redis_proc.stop()
+    runs = pauses_inside_speech(HINDI)
+    report["hindi_pauses_ms"] = sorted(runs)
+    print(f"pauses inside the {len(HINDI)} real Hindi clips (ms): {sorted(runs)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

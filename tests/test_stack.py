@@ -1,0 +1,48 @@
+"""`make run`'s launcher: the whole stack from one command, stopped cleanly by Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+from tests.helpers import ROOT, Speech, finals, free_port, port_open, run_client, wait_until
+
+
+def test_stack_starts_everything_serves_and_stops_on_ctrl_c(speech: Speech) -> None:
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "TRANSCRIBERS": "1", "MODEL_ID": "models/whisper-base"}
+    env.pop("REDIS_URL", None)
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "services.stack"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(stack.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        banner = wait_until(
+            lambda: next((line for line in lines if "Streaming speech-to-text at" in line), None),
+            60,
+            "the stack's banner",
+        )
+        assert f"ws://localhost:{port}" in banner
+        redis_port = int(re.search(r"redis://127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
+        wait_until(lambda: any("serving 'whisper-base'" in line for line in lines), 120, "the transcriber")
+        stream = speech.stream(16000, (1,))
+        code, events, stderr = run_client(f"ws://localhost:{port}", stream.path, "--fast")
+        assert code == 0, stderr
+        assert "breakfast" in " ".join(f["text"] for f in finals(events)).lower()
+    finally:
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(30) == 0, "".join(lines)
+    reader.join(5)
+    assert not port_open(port) and not port_open(redis_port)
+    assert "Traceback" not in "".join(lines)
