@@ -73,3 +73,13 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def boolean(raw: str) -> bool:
+    """An argparse type for on/off values: true/false, yes/no, on/off, 1/0."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not true/false")

@@ -38,6 +38,11 @@ def segment_stream(model: str) -> str:
     return f"{PREFIX}:segments:{model}"
 
 
+def dead_letter_stream(model: str) -> str:
+    """Segments of ``model`` that could not be transcribed after every attempt."""
+    return f"{PREFIX}:dead:{model}"
+
+
 def alive_key(model: str) -> str:
     """A key with a short TTL that live transcribers of ``model`` keep refreshing."""
     return f"{PREFIX}:alive:{model}"

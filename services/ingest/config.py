@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.config import EnvArgumentParser, add_common_flags, positive
+from services.config import EnvArgumentParser, add_common_flags, boolean, positive
 from services.keys import model_name
 from services.segmenter import SegmenterConfig
 
@@ -21,6 +21,16 @@ class IngestConfig:
     result_timeout: float
     stream_maxlen: int
     drain_timeout: float
+    idle_timeout: float
+    send_timeout: float
+    max_session_s: float
+    ping_interval: float
+    ping_timeout: float
+    max_sessions: int
+    max_backlog: int
+    api_keys: frozenset[str]
+    allowed_origins: tuple[str, ...]
+    web: bool
     log_level: str
 
 
@@ -87,6 +97,77 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         "on SIGTERM, seconds live sessions get to finish before they are closed with 1001",
         type=positive(float),
     )
+    parser.env_flag(
+        "--idle-timeout",
+        "IDLE_TIMEOUT",
+        30.0,
+        "close a session that sends nothing this long (s)",
+        type=positive(float),
+    )
+    parser.env_flag(
+        "--send-timeout",
+        "SEND_TIMEOUT",
+        10.0,
+        "close a session whose client does not take an event this long (s)",
+        type=positive(float),
+    )
+    parser.env_flag(
+        "--max-session-s",
+        "MAX_SESSION_S",
+        7200.0,
+        "longest session, in audio or wall-clock seconds; what was said is still delivered",
+        type=positive(float),
+    )
+    parser.env_flag(
+        "--ping-interval",
+        "PING_INTERVAL",
+        20.0,
+        "WebSocket keepalive ping interval (s)",
+        type=positive(float),
+    )
+    parser.env_flag(
+        "--ping-timeout",
+        "PING_TIMEOUT",
+        20.0,
+        "close a connection whose pong is this late (s): a client that never reads",
+        type=positive(float),
+    )
+    parser.env_flag(
+        "--max-sessions",
+        "MAX_SESSIONS",
+        500,
+        "sessions this ingest carries; more get HTTP 503",
+        type=positive(int),
+    )
+    parser.env_flag(
+        "--max-backlog",
+        "MAX_BACKLOG",
+        1000,
+        "segments waiting in a model's stream above which new sessions get HTTP 503",
+        type=positive(int),
+    )
+    parser.env_flag(
+        "--api-keys",
+        "API_KEYS",
+        "",
+        "comma-separated API keys; when set (or --api-keys-file), clients must send "
+        "'Authorization: Bearer KEY' or ?token=KEY",
+    )
+    parser.env_flag("--api-keys-file", "API_KEYS_FILE", "", "file with one API key per line")
+    parser.env_flag(
+        "--allowed-origins",
+        "ALLOWED_ORIGINS",
+        "",
+        "comma-separated browser origins allowed to connect (default: any); "
+        "clients that send no Origin always may",
+    )
+    parser.env_flag(
+        "--web",
+        "WEB_UI",
+        True,
+        "serve the browser microphone page at http://HOST:PORT/ (--web false turns it off)",
+        type=boolean,
+    )
     args = parser.parse_args(argv)
     segmenter = SegmenterConfig(
         vad_mode=args.vad_mode,
@@ -99,6 +180,15 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         segmenter.check()
     except ValueError as exc:
         parser.error(str(exc))
+    api_keys = {key.strip() for key in args.api_keys.split(",") if key.strip()}
+    if args.api_keys_file:
+        try:
+            with open(args.api_keys_file) as keys_file:
+                api_keys |= {line.strip() for line in keys_file if line.strip() and not line.startswith("#")}
+        except OSError as exc:
+            parser.error(f"cannot read --api-keys-file: {exc}")
+        if not api_keys:
+            parser.error(f"--api-keys-file {args.api_keys_file} holds no key")
     return IngestConfig(
         host=args.host,
         port=args.port,
@@ -109,5 +199,15 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         result_timeout=args.result_timeout,
         stream_maxlen=args.stream_maxlen,
         drain_timeout=args.drain_timeout,
+        idle_timeout=args.idle_timeout,
+        send_timeout=args.send_timeout,
+        max_session_s=args.max_session_s,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        max_sessions=args.max_sessions,
+        max_backlog=args.max_backlog,
+        api_keys=frozenset(api_keys),
+        allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
+        web=args.web,
         log_level=args.log_level,
     )

@@ -13,8 +13,10 @@ import redis.asyncio as redis
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Origin
 
 from services import keys
+from services.ingest import admission, web
 from services.ingest.config import IngestConfig
 from services.ingest.results import ResultRouter
 from services.ingest.session import ClientGone, Session
@@ -59,10 +61,52 @@ class Ingest:
             "unknown_model", f"model {name!r} is not served; served now: {', '.join(served)}", CLOSE_POLICY
         )
 
-    def health(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def http(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Plain HTTP requests (health check, web page) and the admission of WebSocket
+        handshakes. None lets a handshake go on."""
         if request.path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            if self.config.web:
+                return await web.respond(ws, request, self.served_models, self.config.default_model)
+            return ws.respond(HTTPStatus.NOT_FOUND, "not found; connect with a WebSocket client\n")
+        if self.config.api_keys and not admission.authorized(request, self.config.api_keys):
+            log.warning("refused %s: missing or wrong API key", ws.remote_address)
+            return admission.unauthorized(ws)
+        if self.sessions >= self.config.max_sessions:
+            log.warning("refused %s: %d sessions already", ws.remote_address, self.sessions)
+            return admission.busy(ws, f"server full ({self.sessions} sessions)")
+        try:
+            params = parse_query(urlsplit(request.path).query)
+        except ProtocolError:
+            return None  # the session reports it with an error event
+        name = keys.model_name(params.model) if params.model else self.config.default_model
+        try:
+            backlog = await self.redis.xlen(keys.segment_stream(name))
+        except redis.RedisError as exc:
+            log.error("refused %s: Redis failed: %s", ws.remote_address, exc)
+            return admission.busy(ws, "the queue is unavailable")
+        if backlog > self.config.max_backlog:
+            log.warning("refused %s: %d segments waiting for %s", ws.remote_address, backlog, name)
+            return admission.busy(ws, f"{backlog} segments are waiting for model {name}")
         return None
+
+    async def refuse(self, ws: ServerConnection, error: ProtocolError) -> None:
+        """Tell the client why, then close with the error's close code.
+
+        Frames the client keeps sending are read and discarded meanwhile: unread, they
+        would hold its close frame back and stall the closing handshake.
+        """
+        discard = asyncio.create_task(discard_incoming(ws))
+        try:
+            event = ErrorEvent(error.code, error.message).to_json()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ws.send(event), self.config.send_timeout)
+            await ws.close(error.close_code, error.message[:120])
+        except ConnectionClosed:
+            pass
+        finally:
+            discard.cancel()
 
     async def handle(self, ws: ServerConnection) -> None:
         session_id = uuid.uuid4().hex[:16]
@@ -88,37 +132,21 @@ class Ingest:
             error = group.exceptions[0]
             assert isinstance(error, ProtocolError)
             log.info("session %s refused: %s (%s)", session_id, error.code, error.message)
-            await refuse(ws, error)
+            await self.refuse(ws, error)
         except* (ConnectionClosed, ClientGone):
             log.info("session %s: client went away", session_id)
         except* redis.RedisError as group:
             log.error("session %s: Redis failed: %s", session_id, group.exceptions[0])
-            await refuse(
+            await self.refuse(
                 ws, ProtocolError("backend_unavailable", "the queue is unavailable", CLOSE_TRY_AGAIN)
             )
         except* Exception:
             log.exception("session %s failed", session_id)
-            await refuse(ws, ProtocolError("internal_error", "internal server error", CLOSE_INTERNAL))
+            await self.refuse(ws, ProtocolError("internal_error", "internal server error", CLOSE_INTERNAL))
         finally:
             self.sessions -= 1
             if not self.sessions:
                 self.idle.set()
-
-
-async def refuse(ws: ServerConnection, error: ProtocolError) -> None:
-    """Tell the client why, then close with the error's close code.
-
-    Frames the client keeps sending are read and discarded meanwhile: unread, they
-    would hold its close frame back and stall the closing handshake.
-    """
-    discard = asyncio.create_task(discard_incoming(ws))
-    try:
-        await ws.send(ErrorEvent(error.code, error.message).to_json())
-        await ws.close(error.close_code, error.message[:120])
-    except ConnectionClosed:
-        pass
-    finally:
-        discard.cancel()
 
 
 async def discard_incoming(ws: ServerConnection) -> None:
@@ -144,7 +172,7 @@ async def run(config: IngestConfig) -> None:
     install_stop_signals(stop)
     client = await connect_redis(config.redis_url, stop)
     ingest_id = uuid.uuid4().hex[:8]
-    router = ResultRouter(client, ingest_id)
+    router = ResultRouter(config.redis_url, ingest_id)
     ingest = Ingest(config, client, router)
     try:
         async with asyncio.TaskGroup() as tasks:
@@ -153,8 +181,13 @@ async def run(config: IngestConfig) -> None:
                 ingest.handle,
                 config.host,
                 config.port,
-                process_request=ingest.health,
-                max_size=config.max_frame_bytes,
+                process_request=ingest.http,
+                origins=[*map(Origin, config.allowed_origins), None] if config.allowed_origins else None,
+                # Frames up to twice the limit are read and refused with an error event;
+                # larger ones are cut off by websockets itself (close 1009).
+                max_size=2 * config.max_frame_bytes,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
                 compression=None,
             ) as server:
                 for sock in server.sockets:

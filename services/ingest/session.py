@@ -14,13 +14,18 @@ from typing import Any
 
 import redis.asyncio as redis
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosedOK
 
 from services import keys
 from services.audio import resample_pcm16
 from services.ingest.config import IngestConfig
 from services.ingest.ledger import Ledger
+from services.ingest.results import LOST, WAKE
 from services.protocol import (
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
     Done,
+    ProtocolError,
     SegmentJob,
     SegmentResult,
     ServerEvent,
@@ -30,8 +35,6 @@ from services.protocol import (
 from services.segmenter import Dropped, Event, Segmenter
 
 log = logging.getLogger("ingest.session")
-
-WAKE = b""  # put on a session's result queue to make the relay look at its state
 
 
 class ClientGone(Exception):
@@ -59,6 +62,7 @@ class Session:
         self.segmenter = Segmenter(rate, config.segmenter)
         self.ledger = Ledger(config.result_timeout)
         self.eof = False
+        self.ending: ProtocolError | None = None  # the error that ends the session instead of done
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -66,20 +70,43 @@ class Session:
             tasks.create_task(self._relay())
 
     async def _receive(self) -> None:
-        async for message in self.ws:
-            if isinstance(message, bytes):
-                check_audio_frame(message)
-                for event in self.segmenter.feed(message):
-                    await self._enqueue(event)
-            else:
+        config = self.config
+        opened = time.monotonic()
+        while True:
+            try:
+                message = await asyncio.wait_for(self.ws.recv(), config.idle_timeout)
+            except TimeoutError:
+                raise ProtocolError("idle_timeout", f"no data for {config.idle_timeout:g} s") from None
+            except ConnectionClosedOK:
+                raise ClientGone() from None
+            if isinstance(message, str):
                 parse_text(message)  # the only client message is end of audio
-                for event in self.segmenter.flush():
-                    await self._enqueue(event)
-                log.info("session %s end of audio at %.2f s", self.id, self.segmenter.position)
-                self.eof = True
-                await self.results.put(WAKE)
+                await self._end_of_audio()
                 return
-        raise ClientGone()
+            if len(message) > config.max_frame_bytes:
+                raise ProtocolError(
+                    "frame_too_big",
+                    f"frame of {len(message)} bytes; the limit is {config.max_frame_bytes}",
+                    CLOSE_TOO_BIG,
+                )
+            check_audio_frame(message)
+            for event in self.segmenter.feed(message):
+                await self._enqueue(event)
+            if max(self.segmenter.position, time.monotonic() - opened) > config.max_session_s:
+                # Past the limit: what was said so far is still transcribed and delivered.
+                self.ending = ProtocolError(
+                    "session_too_long",
+                    f"sessions are limited to {config.max_session_s:g} s; reconnect to go on",
+                )
+                await self._end_of_audio()
+                return
+
+    async def _end_of_audio(self) -> None:
+        for event in self.segmenter.flush():
+            await self._enqueue(event)
+        log.info("session %s end of audio at %.2f s", self.id, self.segmenter.position)
+        self.eof = True
+        await self.results.put(WAKE)
 
     async def _enqueue(self, event: Event) -> None:
         if isinstance(event, Dropped):
@@ -109,11 +136,24 @@ class Session:
             except TimeoutError:
                 events = self.ledger.expire(time.time())
             else:
+                if raw == LOST:
+                    raise ProtocolError(
+                        "backend_unavailable", "lost the connection to the queue; reconnect", CLOSE_TRY_AGAIN
+                    )
                 events = [] if raw == WAKE else self._resolve(raw)
             for event in events:
-                await self.ws.send(event.to_json())
-        await self.ws.send(Done().to_json())
+                await self._send(event)
+        if self.ending is not None:
+            raise self.ending
+        await self._send(Done())
         log.info("session %s done", self.id)
+
+    async def _send(self, event: ServerEvent) -> None:
+        """Send one event; a client that does not read for ``send_timeout`` is cut off."""
+        try:
+            await asyncio.wait_for(self.ws.send(event.to_json()), self.config.send_timeout)
+        except TimeoutError:
+            raise ProtocolError("slow_client", "the client does not read its results") from None
 
     def _resolve(self, raw: bytes) -> list[ServerEvent]:
         try:

@@ -30,6 +30,9 @@ class TranscriberConfig:
     language: str
     task: str
     max_batch: int
+    claim_idle_ms: int
+    max_attempts: int
+    fail_segments: frozenset[int]  # failpoint for tests: these segment numbers always fail
     threads: int
     consumer: str
     log_level: str
@@ -51,6 +54,15 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     if dtype == "auto":
         dtype = "float16" if resolved == "cuda" else "float32"
     return resolved, dtype
+
+
+def failpoint_segments() -> frozenset[int]:
+    """``STT_FAILPOINT_SEGMENTS=1,4``: the model fails on those segment numbers (tests only)."""
+    raw = os.environ.get("STT_FAILPOINT_SEGMENTS", "")
+    try:
+        return frozenset(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"STT_FAILPOINT_SEGMENTS={raw!r} must be comma-separated integers") from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
@@ -85,6 +97,20 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
     parser.env_flag(
         "--max-batch", "MAX_BATCH", 8, "most segments transcribed in one batch", type=positive(int)
     )
+    parser.env_flag(
+        "--claim-idle-ms",
+        "CLAIM_IDLE_MS",
+        15_000,
+        "reclaim entries another consumer left pending this long (a dead transcriber's batch)",
+        type=positive(int),
+    )
+    parser.env_flag(
+        "--max-attempts",
+        "MAX_ATTEMPTS",
+        3,
+        "deliveries of a segment before it goes to the dead-letter stream",
+        type=positive(int),
+    )
     parser.env_flag("--threads", "TORCH_THREADS", 0, "torch CPU threads (0: torch's default)", type=int)
     add_common_flags(parser)
     args = parser.parse_args(argv)
@@ -99,6 +125,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         language=args.language,
         task=args.task,
         max_batch=args.max_batch,
+        claim_idle_ms=args.claim_idle_ms,
+        max_attempts=args.max_attempts,
+        fail_segments=failpoint_segments(),
         threads=args.threads,
         consumer=consumer,
         log_level=args.log_level,

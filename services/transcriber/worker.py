@@ -1,8 +1,12 @@
 """The consume loop: stream entries in, transcripts published, entries acknowledged.
 
-Reads up to ``max_batch`` entries with the consumer group, transcribes them in
-one batch off the event loop, publishes each result on its session's channel,
-and only then acknowledges (and deletes) the entries.
+Each round first reclaims entries that another (dead or stuck) consumer left
+pending for longer than ``claim_idle_ms`` (XAUTOCLAIM), else reads new ones
+(XREADGROUP), up to ``max_batch``. Entries of sessions whose client is gone are
+skipped; the rest are transcribed in one batch off the event loop. A result is
+published on its session's channel and only then is the entry acknowledged and
+deleted. An entry delivered more than ``max_attempts`` times goes to the
+dead-letter stream and its session gets an error for that segment.
 """
 
 from __future__ import annotations
@@ -10,17 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import redis.asyncio as redis
 
 from services import keys
-from services.audio import pcm16_to_float
 from services.lifecycle import Backoff, connect_redis, install_stop_signals
 from services.protocol import SegmentJob, SegmentResult
+from services.transcriber.batch import Entry, transcribe
 from services.transcriber.config import TranscriberConfig
-from services.transcriber.guard import judge
 from services.transcriber.model import SpeechModel
 
 log = logging.getLogger("transcriber")
@@ -28,6 +30,9 @@ log = logging.getLogger("transcriber")
 HEARTBEAT_S = 2.0
 ALIVE_TTL_MS = 10_000
 BLOCK_MS = 1000  # how long one read waits; also bounds how late a stop is noticed
+DEAD_LETTER_MAXLEN = 10_000
+
+RawEntry = tuple[bytes, dict[bytes, bytes]]
 
 
 async def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -45,6 +50,7 @@ class Worker:
         self.redis = client
         self.model = model
         self.stream = keys.segment_stream(config.name)
+        self.dead = keys.dead_letter_stream(config.name)
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_group(self.redis, self.stream)
@@ -54,20 +60,16 @@ class Worker:
             backoff = Backoff()
             while not stop.is_set():
                 try:
-                    reply: Any = await self.redis.xreadgroup(
-                        keys.GROUP,
-                        self.config.consumer,
-                        {self.stream: ">"},
-                        count=self.config.max_batch,
-                        block=BLOCK_MS,
-                    )
-                    entries = [entry for _, stream_entries in reply or [] for entry in stream_entries]
-                    if entries:
-                        await self._process(entries)
+                    await self._round()
                     backoff.reset()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     # Unacknowledged entries stay pending in the group; nothing is lost.
                     await backoff.wait(stop, f"Redis unreachable ({exc})")
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("consumer group gone (Redis restarted?); creating it again")
+                    await ensure_group(self.redis, self.stream)
             heartbeat.cancel()
 
     async def _heartbeat(self) -> None:
@@ -76,64 +78,95 @@ class Worker:
                 await self.redis.set(keys.alive_key(self.config.name), self.config.consumer, px=ALIVE_TTL_MS)
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def _process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        jobs: list[SegmentJob] = []
-        for entry_id, fields in entries:
-            try:
-                jobs.append(SegmentJob.from_fields(fields))
-            except ValueError as exc:
-                log.error("entry %s dropped: %s", entry_id.decode(), exc)
-        results = await asyncio.to_thread(self._transcribe, jobs) if jobs else []
+    async def _round(self) -> None:
+        claimed: Any = await self.redis.xautoclaim(
+            self.stream,
+            keys.GROUP,
+            self.config.consumer,
+            min_idle_time=self.config.claim_idle_ms,
+            start_id="0-0",
+            count=self.config.max_batch,
+        )
+        entries: list[RawEntry] = [e for e in claimed[1] if e[1]]  # deleted entries come back empty
+        if entries:
+            entries = await self._retire_exhausted(entries)
+        else:
+            reply: Any = await self.redis.xreadgroup(
+                keys.GROUP,
+                self.config.consumer,
+                {self.stream: ">"},
+                count=self.config.max_batch,
+                block=BLOCK_MS,
+            )
+            entries = [entry for _, stream_entries in reply or [] for entry in stream_entries]
+        if entries:
+            await self._process(entries)
+
+    async def _retire_exhausted(self, entries: list[RawEntry]) -> list[RawEntry]:
+        """Dead-letter reclaimed entries delivered more than ``max_attempts`` times; return the rest."""
         ids = [entry_id for entry_id, _ in entries]
+        pending: Any = await self.redis.xpending_range(
+            self.stream, keys.GROUP, min=min(ids), max=max(ids), count=len(ids) * 4
+        )
+        deliveries = {p["message_id"]: p["times_delivered"] for p in pending}
+        keep = []
+        for entry_id, fields in entries:
+            attempts = deliveries.get(entry_id, 1)
+            if attempts <= self.config.max_attempts:
+                log.info("reclaimed entry %s (delivery %d)", entry_id.decode(), attempts)
+                keep.append((entry_id, fields))
+            else:
+                await self._dead_letter(entry_id, fields, f"gave up after {attempts - 1} failed attempts")
+        return keep
+
+    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        log.error("entry %s dead-lettered: %s", entry_id.decode(), reason)
         async with self.redis.pipeline(transaction=True) as pipe:
-            for result in results:
-                pipe.publish(keys.result_channel(result.session), result.to_json())
-            pipe.xack(self.stream, keys.GROUP, *ids)
-            pipe.xdel(self.stream, *ids)
+            dead: dict[Any, Any] = {**fields, b"reason": reason.encode(), b"entry": entry_id}
+            pipe.xadd(self.dead, dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+            try:
+                job = SegmentJob.from_fields(fields)
+                error = SegmentResult(
+                    job.session, job.segment, "error", reason=f"segment could not be transcribed: {reason}"
+                )
+                pipe.publish(keys.result_channel(job.session), error.to_json())
+            except ValueError:
+                pass  # malformed: nobody to tell
+            pipe.xack(self.stream, keys.GROUP, entry_id)
+            pipe.xdel(self.stream, entry_id)
             await pipe.execute()
 
-    def _transcribe(self, jobs: list[SegmentJob]) -> list[SegmentResult]:
-        """Blocking: runs in a worker thread; this process's only model user."""
-        started = time.time()
-        try:
-            transcripts = self.model.transcribe([pcm16_to_float(job.pcm) for job in jobs])
-        except Exception as exc:
-            log.exception("batch of %d failed", len(jobs))
-            return [SegmentResult(j.session, j.segment, "error", reason=f"model failed: {exc}") for j in jobs]
-        finished = time.time()
-        results = []
-        for job, transcript in zip(jobs, transcripts, strict=True):
-            verdict = judge(transcript.text, transcript.no_speech_prob)
-            timings = {
-                "endpoint_at": job.endpoint_at,
-                "enqueued_at": job.enqueued_at,
-                "model_start": started,
-                "model_end": finished,
-                "batch": float(len(jobs)),
-                "audio": job.duration,
-            }
-            results.append(
-                SegmentResult(
-                    job.session,
-                    job.segment,
-                    "text" if verdict.text else "empty",
-                    text=verdict.text,
-                    reason=verdict.reason,
-                    timings=timings,
-                )
-            )
-            log.info(
-                "session %s segment %d: %.2f s audio in %.2f s (batch %d, no-speech %.2f): %r%s",
-                job.session,
-                job.segment,
-                job.duration,
-                finished - started,
-                len(jobs),
-                transcript.no_speech_prob,
-                transcript.text[:80],
-                f" dropped ({verdict.reason})" if verdict.reason else "",
-            )
-        return results
+    async def _process(self, raw: list[RawEntry]) -> None:
+        entries: list[Entry] = []
+        for entry_id, fields in raw:
+            try:
+                entries.append(Entry(entry_id, SegmentJob.from_fields(fields)))
+            except ValueError as exc:
+                await self._dead_letter(entry_id, fields, str(exc))
+        listening = await self._listening({entry.job.session for entry in entries})
+        gone = [entry.id for entry in entries if entry.job.session not in listening]
+        entries = [entry for entry in entries if entry.job.session in listening]
+        if gone:
+            log.info("skipped %d segment(s) of sessions whose client is gone", len(gone))
+        fails = self.config.fail_segments
+        results = await asyncio.to_thread(transcribe, self.model, entries, fails) if entries else {}
+        done = gone + list(results)
+        if not done:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for result in results.values():
+                pipe.publish(keys.result_channel(result.session), result.to_json())
+            pipe.xack(self.stream, keys.GROUP, *done)
+            pipe.xdel(self.stream, *done)
+            await pipe.execute()
+
+    async def _listening(self, sessions: set[str]) -> set[str]:
+        """The sessions whose ingest still listens on their result channel."""
+        if not sessions:
+            return set()
+        counts: Any = await self.redis.pubsub_numsub(*(keys.result_channel(s) for s in sessions))
+        prefix = keys.result_channel("")
+        return {channel.decode()[len(prefix) :] for channel, count in counts if count}
 
 
 async def run(config: TranscriberConfig, model: SpeechModel) -> None:

@@ -1,0 +1,86 @@
+"""One batch through the model: jobs in, results out (blocking; runs off the event loop)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from services.audio import pcm16_to_float
+from services.protocol import Outcome, SegmentJob, SegmentResult
+from services.transcriber.guard import judge
+from services.transcriber.model import SpeechModel
+
+log = logging.getLogger("transcriber.batch")
+
+
+class InjectedFault(RuntimeError):
+    """Raised for segments named by the failpoint (tests of the dead-letter path)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stream entry and the job it carries."""
+
+    id: bytes
+    job: SegmentJob
+
+
+def transcribe(
+    model: SpeechModel, entries: list[Entry], fail_segments: frozenset[int]
+) -> dict[bytes, SegmentResult]:
+    """Transcribe ``entries`` in one batch; if the batch fails, each entry alone.
+
+    Returns a result per entry that succeeded; an entry missing from the result
+    failed and stays pending, to be retried (and dead-lettered after too many tries).
+    """
+    try:
+        return _run(model, entries, fail_segments)
+    except Exception:
+        if len(entries) == 1:
+            log.exception("session %s segment %d failed", entries[0].job.session, entries[0].job.segment)
+            return {}
+        log.exception("batch of %d failed; retrying one by one", len(entries))
+    results: dict[bytes, SegmentResult] = {}
+    for entry in entries:
+        results.update(transcribe(model, [entry], fail_segments))
+    return results
+
+
+def _run(
+    model: SpeechModel, entries: list[Entry], fail_segments: frozenset[int]
+) -> dict[bytes, SegmentResult]:
+    for entry in entries:
+        if entry.job.segment in fail_segments:
+            raise InjectedFault(f"failpoint: segment {entry.job.segment}")
+    started = time.time()
+    transcripts = model.transcribe([pcm16_to_float(entry.job.pcm) for entry in entries])
+    finished = time.time()
+    results = {}
+    for entry, transcript in zip(entries, transcripts, strict=True):
+        job = entry.job
+        verdict = judge(transcript.text, transcript.no_speech_prob)
+        timings = {
+            "endpoint_at": job.endpoint_at,
+            "enqueued_at": job.enqueued_at,
+            "model_start": started,
+            "model_end": finished,
+            "batch": float(len(entries)),
+            "audio": job.duration,
+        }
+        outcome: Outcome = "text" if verdict.text else "empty"
+        results[entry.id] = SegmentResult(
+            job.session, job.segment, outcome, verdict.text, verdict.reason, timings
+        )
+        log.info(
+            "session %s segment %d: %.2f s audio in %.2f s (batch %d, no-speech %.2f): %r%s",
+            job.session,
+            job.segment,
+            job.duration,
+            finished - started,
+            len(entries),
+            transcript.no_speech_prob,
+            transcript.text[:80],
+            f" dropped ({verdict.reason})" if verdict.reason else "",
+        )
+    return results
