@@ -21,23 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 import soundfile as sf
 import webrtcvad
 from websockets.asyncio.client import connect
 
-from services import keys
-from tests.helpers import (
-    MODEL_DIR,
-    ROOT,
-    Speech,
-    Stream,
-    start_ingest,
-    start_redis,
-    start_transcriber,
-    wait_until,
-    wer,
-)
+from tests.helpers import ROOT, LocalStack, Speech, Stream, start_ingest, wer
 
 HINDI = sorted(glob.glob(str(ROOT.parent / "shared/audio/oriserve-examples/*.wav")))
 
@@ -113,11 +101,10 @@ def main() -> int:
         workdir = Path(tmp)
         speech = Speech(workdir)
         stream = speech.stream(16000)
-        redis_url, redis_proc = start_redis(workdir)
-        transcriber = start_transcriber(redis_url, workdir)
-        name = keys.model_name(str(MODEL_DIR))
-        client = redis.Redis.from_url(redis_url)
-        wait_until(lambda: client.exists(keys.alive_key(name)), 180, "the transcriber")
+        stack = LocalStack(workdir)
+        # This measures one ingest per setting: the stack's own ingest is not used.
+        stack.ingest.stop()
+        redis_url, name = stack.redis_url, stack.name
         report: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d"),
             "model": name,
@@ -139,8 +126,7 @@ def main() -> int:
                     flush=True,
                 )
         finally:
-            transcriber.stop()
-            redis_proc.stop()
+            stack.stop()
     runs = pauses_inside_speech(HINDI)
     report["hindi_pauses_ms"] = sorted(runs)
     print(f"pauses inside the {len(HINDI)} real Hindi clips (ms): {sorted(runs)}")

@@ -10,6 +10,7 @@ command -v sox >/dev/null || need+=(sox)
 [ -e /usr/include/portaudio.h ] || need+=(portaudio19-dev)
 command -v pulseaudio >/dev/null || need+=(pulseaudio)
 command -v paplay >/dev/null || need+=(pulseaudio-utils)
+command -v chromium >/dev/null || need+=(chromium)  # the browser page test (tests/test_web.py)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2

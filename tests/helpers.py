@@ -163,23 +163,6 @@ class Proc:
         return self.popen.returncode
 
 
-def start_redis(workdir: Path) -> tuple[str, Proc]:
-    port = free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = Proc("redis", args, workdir / f"redis-{port}.log")
-    wait_until(lambda: port_open(port), 10, "redis-server")
-    return f"redis://127.0.0.1:{port}/0", proc
-
-
-def start_transcriber(redis_url: str, workdir: Path, *extra: str, model: Path = MODEL_DIR) -> Proc:
-    args = [sys.executable, "-m", "services.transcriber", "--model-id", str(model), "--device", "cpu"]
-    return Proc(
-        "transcriber",
-        [*args, "--redis-url", redis_url, *extra],
-        workdir / f"transcriber-{time.time_ns()}.log",
-    )
-
-
 def start_ingest(redis_url: str, workdir: Path, default_model: str, *extra: str) -> tuple[str, Proc]:
     port = free_port()
     args = [sys.executable, "-m", "services.ingest", "--host", "127.0.0.1", "--port", str(port)]
@@ -202,3 +185,48 @@ def run_client(
 
 def finals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("type") == "final"]
+
+
+def alive(redis_url: str, name: str) -> bool:
+    import redis
+
+    from services import keys
+
+    with redis.Redis.from_url(redis_url) as client:
+        return bool(client.exists(keys.alive_key(name)))
+
+
+class LocalStack:
+    """A private redis-server, N transcribers and one ingest, for tests that break things."""
+
+    def __init__(self, workdir: Path, transcribers: int = 1, ingest_flags: tuple[str, ...] = (),
+                 transcriber_flags: tuple[str, ...] = (), transcriber_env: dict[str, str] | None = None,
+                 redis_port: int | None = None) -> None:  # fmt: skip
+        self.workdir = workdir
+        self.name = MODEL_DIR.name
+        self.redis_port = redis_port or free_port()
+        self.redis = self.start_redis()
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.transcribers = [
+            self.start_transcriber(*transcriber_flags, env=transcriber_env) for _ in range(transcribers)
+        ]
+        self.uri, self.ingest = start_ingest(self.redis_url, workdir, self.name, *ingest_flags)
+        if transcribers:
+            wait_until(lambda: alive(self.redis_url, self.name), 120, "a transcriber to load whisper-base")
+
+    def start_redis(self) -> Proc:
+        args = ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        proc = Proc("redis", [*args, "--appendonly", "no"], self.workdir / f"redis-{time.time_ns()}.log")
+        wait_until(lambda: port_open(self.redis_port), 10, "redis-server")
+        return proc
+
+    def start_transcriber(self, *flags: str, env: dict[str, str] | None = None) -> Proc:
+        args = [sys.executable, "-m", "services.transcriber", "--model-id", str(MODEL_DIR), "--device", "cpu"]
+        log = self.workdir / f"transcriber-{time.time_ns()}.log"
+        return Proc("transcriber", [*args, "--redis-url", self.redis_url, *flags], log, env)
+
+    def stop(self) -> None:
+        self.ingest.stop()
+        for proc in self.transcribers:
+            proc.stop()
+        self.redis.stop()

@@ -22,6 +22,7 @@ from services.ingest.results import ResultRouter
 from services.ingest.session import ClientGone, Session
 from services.lifecycle import connect_redis, install_stop_signals
 from services.protocol import (
+    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
@@ -163,7 +164,12 @@ async def drain(server: Server, ingest: Ingest, grace: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(grace):
             await ingest.idle.wait()
-    server.close(close_connections=True)
+    # Server.close() is idempotent, so the sessions still open are closed here.
+    if server.connections:
+        log.info("closing %d session(s) still open after the drain", len(server.connections))
+        await asyncio.gather(
+            *(connection.close(CLOSE_GOING_AWAY, "server shutting down") for connection in server.connections)
+        )
     await server.wait_closed()
 
 
