@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from services.keys import model_name
 
 STOP_GRACE_S = 15.0
+# The ingest serves /metrics on 9100; transcriber n (from 0) on 9101 + n.
+TRANSCRIBER_METRICS_PORT = 9101
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def main() -> int:
                 config.model_id,
                 "--device",
                 config.device,
+                "--metrics-port",
+                str(TRANSCRIBER_METRICS_PORT + n),
             ]
             children[f"transcriber {n + 1}"] = subprocess.Popen(cmd, env=env, start_new_session=True)
         ingest_cmd = [

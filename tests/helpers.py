@@ -165,7 +165,17 @@ class Proc:
 
 def start_ingest(redis_url: str, workdir: Path, default_model: str, *extra: str) -> tuple[str, Proc]:
     port = free_port()
-    args = [sys.executable, "-m", "services.ingest", "--host", "127.0.0.1", "--port", str(port)]
+    args = [
+        sys.executable,
+        "-m",
+        "services.ingest",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "0",
+    ]
     args += ["--redis-url", redis_url, "--default-model", default_model, *extra]
     proc = Proc("ingest", args, workdir / f"ingest-{port}.log")
     wait_until(lambda: port_open(port) or proc.popen.poll() is not None, 20, "ingest to listen")
@@ -222,6 +232,7 @@ class LocalStack:
 
     def start_transcriber(self, *flags: str, env: dict[str, str] | None = None) -> Proc:
         args = [sys.executable, "-m", "services.transcriber", "--model-id", str(MODEL_DIR), "--device", "cpu"]
+        args += ["--metrics-port", "0"]  # flags given later win: a test that scrapes passes a port
         log = self.workdir / f"transcriber-{time.time_ns()}.log"
         return Proc("transcriber", [*args, "--redis-url", self.redis_url, *flags], log, env)
 

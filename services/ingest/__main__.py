@@ -12,6 +12,7 @@ import redis
 from services.config import setup_logging
 from services.ingest.config import parse_args
 from services.ingest.server import run
+from services.metrics import MetricsPortError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level)
     try:
         asyncio.run(run(config))
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, MetricsPortError) as exc:
         logging.getLogger("ingest").error("%s", exc)
         return 1
     except OSError as exc:

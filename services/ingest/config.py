@@ -31,6 +31,7 @@ class IngestConfig:
     api_keys: frozenset[str]
     allowed_origins: tuple[str, ...]
     web: bool
+    metrics_port: int
     log_level: str
 
 
@@ -168,6 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         "serve the browser microphone page at http://HOST:PORT/ (--web false turns it off)",
         type=boolean,
     )
+    parser.env_flag("--metrics-port", "METRICS_PORT", 9100, "Prometheus /metrics port (0: off)", type=int)
     args = parser.parse_args(argv)
     segmenter = SegmenterConfig(
         vad_mode=args.vad_mode,
@@ -209,5 +211,6 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         api_keys=frozenset(api_keys),
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         web=args.web,
+        metrics_port=args.metrics_port,
         log_level=args.log_level,
     )

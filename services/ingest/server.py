@@ -15,12 +15,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
-from services import keys
+from services import keys, metrics
 from services.ingest import admission, web
 from services.ingest.config import IngestConfig
 from services.ingest.results import ResultRouter
 from services.ingest.session import ClientGone, Session
 from services.lifecycle import connect_redis, install_stop_signals
+from services.metrics import IngestMetrics
 from services.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -36,8 +37,11 @@ log = logging.getLogger("ingest")
 
 
 class Ingest:
-    def __init__(self, config: IngestConfig, client: redis.Redis, router: ResultRouter) -> None:
+    def __init__(
+        self, config: IngestConfig, client: redis.Redis, router: ResultRouter, metrics: IngestMetrics
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.redis = client
         self.router = router
         self.sessions = 0
@@ -73,9 +77,11 @@ class Ingest:
             return ws.respond(HTTPStatus.NOT_FOUND, "not found; connect with a WebSocket client\n")
         if self.config.api_keys and not admission.authorized(request, self.config.api_keys):
             log.warning("refused %s: missing or wrong API key", ws.remote_address)
+            self.metrics.sessions_refused.labels("unauthorized").inc()
             return admission.unauthorized(ws)
         if self.sessions >= self.config.max_sessions:
             log.warning("refused %s: %d sessions already", ws.remote_address, self.sessions)
+            self.metrics.sessions_refused.labels("capacity").inc()
             return admission.busy(ws, f"server full ({self.sessions} sessions)")
         try:
             params = parse_query(urlsplit(request.path).query)
@@ -86,9 +92,11 @@ class Ingest:
             backlog = await self.redis.xlen(keys.segment_stream(name))
         except redis.RedisError as exc:
             log.error("refused %s: Redis failed: %s", ws.remote_address, exc)
+            self.metrics.sessions_refused.labels("backend_unavailable").inc()
             return admission.busy(ws, "the queue is unavailable")
         if backlog > self.config.max_backlog:
             log.warning("refused %s: %d segments waiting for %s", ws.remote_address, backlog, name)
+            self.metrics.sessions_refused.labels("backlog").inc()
             return admission.busy(ws, f"{backlog} segments are waiting for model {name}")
         return None
 
@@ -98,6 +106,8 @@ class Ingest:
         Frames the client keeps sending are read and discarded meanwhile: unread, they
         would hold its close frame back and stall the closing handshake.
         """
+        self.metrics.sessions_refused.labels(error.code).inc()
+        self.metrics.errors.labels(error.code).inc()
         discard = asyncio.create_task(discard_incoming(ws))
         try:
             event = ErrorEvent(error.code, error.message).to_json()
@@ -112,6 +122,7 @@ class Ingest:
     async def handle(self, ws: ServerConnection) -> None:
         session_id = uuid.uuid4().hex[:16]
         self.sessions += 1
+        self.metrics.sessions_active.inc()
         self.idle.clear()
         try:
             assert ws.request is not None
@@ -126,9 +137,11 @@ class Ingest:
                     model,
                     params.sample_rate,
                 )
-                await Session(
-                    ws, session_id, model, params.sample_rate, self.config, self.redis, results
-                ).run()
+                self.metrics.sessions_opened.labels(model).inc()
+                session = Session(
+                    ws, session_id, model, params.sample_rate, self.config, self.redis, results, self.metrics
+                )
+                await session.run()
         except* ProtocolError as group:
             error = group.exceptions[0]
             assert isinstance(error, ProtocolError)
@@ -146,6 +159,7 @@ class Ingest:
             await self.refuse(ws, ProtocolError("internal_error", "internal server error", CLOSE_INTERNAL))
         finally:
             self.sessions -= 1
+            self.metrics.sessions_active.dec()
             if not self.sessions:
                 self.idle.set()
 
@@ -179,7 +193,9 @@ async def run(config: IngestConfig) -> None:
     client = await connect_redis(config.redis_url, stop)
     ingest_id = uuid.uuid4().hex[:8]
     router = ResultRouter(config.redis_url, ingest_id)
-    ingest = Ingest(config, client, router)
+    registry = metrics.new_registry()
+    ingest = Ingest(config, client, router, metrics.IngestMetrics(registry))
+    metrics.serve(registry, config.metrics_port)
     try:
         async with asyncio.TaskGroup() as tasks:
             routing = tasks.create_task(router.run())

@@ -21,10 +21,13 @@ from services.audio import resample_pcm16
 from services.ingest.config import IngestConfig
 from services.ingest.ledger import Ledger
 from services.ingest.results import LOST, WAKE
+from services.metrics import IngestMetrics
 from services.protocol import (
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     Done,
+    ErrorEvent,
+    Final,
     ProtocolError,
     SegmentJob,
     SegmentResult,
@@ -51,6 +54,7 @@ class Session:
         config: IngestConfig,
         client: redis.Redis,
         results: asyncio.Queue[bytes],
+        metrics: IngestMetrics,
     ) -> None:
         self.ws = ws
         self.id = session_id
@@ -61,6 +65,9 @@ class Session:
         self.stream = keys.segment_stream(model)
         self.segmenter = Segmenter(rate, config.segmenter)
         self.ledger = Ledger(config.result_timeout)
+        self.model = model
+        self.metrics = metrics
+        self.timings: dict[int, dict[str, float]] = {}  # transcriber timings of results not yet sent
         self.eof = False
         self.ending: ProtocolError | None = None  # the error that ends the session instead of done
 
@@ -90,6 +97,7 @@ class Session:
                     CLOSE_TOO_BIG,
                 )
             check_audio_frame(message)
+            self.metrics.bytes_received.inc(len(message))
             for event in self.segmenter.feed(message):
                 await self._enqueue(event)
             if max(self.segmenter.position, time.monotonic() - opened) > config.max_session_s:
@@ -111,13 +119,16 @@ class Session:
     async def _enqueue(self, event: Event) -> None:
         if isinstance(event, Dropped):
             log.debug("session %s dropped %.2f-%.2f s (%s)", self.id, event.start, event.end, event.reason)
+            self.metrics.segments_dropped.labels(event.reason).inc()
             return
+        self.metrics.vad_hangover.labels(self.model).observe(self.segmenter.position - event.speech_end)
         endpoint_at = time.time()
         pcm = resample_pcm16(event.pcm, self.rate)
         number = self.ledger.add(event.start, event.end, endpoint_at, endpoint_at)
         job = SegmentJob(self.id, number, pcm, event.start, event.end, endpoint_at, time.time())
         fields: dict[Any, Any] = job.to_fields()
         await self.redis.xadd(self.stream, fields, maxlen=self.config.stream_maxlen, approximate=True)
+        self.metrics.segments_enqueued.labels(self.model).inc()
         log.info(
             "session %s segment %d queued: %.2f-%.2f s (%s)",
             self.id,
@@ -154,6 +165,20 @@ class Session:
             await asyncio.wait_for(self.ws.send(event.to_json()), self.config.send_timeout)
         except TimeoutError:
             raise ProtocolError("slow_client", "the client does not read its results") from None
+        if isinstance(event, Final):
+            self._observe(event, time.time())
+        elif isinstance(event, ErrorEvent):
+            self.metrics.errors.labels(event.code).inc()
+
+    def _observe(self, final: Final, sent_at: float) -> None:
+        """The latency of one delivered transcript, whole and in parts."""
+        timings = self.timings.pop(final.segment, {})
+        model = self.model
+        self.metrics.e2e_latency.labels(model).observe(final.latency)
+        if {"enqueued_at", "model_start", "model_end"} <= timings.keys():
+            self.metrics.queue_wait.labels(model).observe(timings["model_start"] - timings["enqueued_at"])
+            self.metrics.model_time.labels(model).observe(timings["model_end"] - timings["model_start"])
+            self.metrics.relay.labels(model).observe(sent_at - timings["model_end"])
 
     def _resolve(self, raw: bytes) -> list[ServerEvent]:
         try:
@@ -164,4 +189,6 @@ class Session:
         if result.session != self.id:
             log.error("session %s got a result for session %s; dropped", self.id, result.session)
             return []
+        if result.outcome == "text":
+            self.timings[result.segment] = result.timings
         return self.ledger.resolve(result, time.time())

@@ -11,6 +11,7 @@ import redis
 import torch
 
 from services.config import setup_logging
+from services.metrics import MetricsPortError
 from services.transcriber.config import ConfigError, parse_args
 from services.transcriber.model import ModelLoadError, WhisperModel
 from services.transcriber.worker import run
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.warm_up()
     try:
         asyncio.run(run(config, model))
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, MetricsPortError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from services.audio import pcm16_to_float
+from services.metrics import TranscriberMetrics
 from services.protocol import Outcome, SegmentJob, SegmentResult
 from services.transcriber.guard import judge
 from services.transcriber.model import SpeechModel
@@ -27,7 +28,7 @@ class Entry:
 
 
 def transcribe(
-    model: SpeechModel, entries: list[Entry], fail_segments: frozenset[int]
+    model: SpeechModel, entries: list[Entry], fail_segments: frozenset[int], metrics: TranscriberMetrics
 ) -> dict[bytes, SegmentResult]:
     """Transcribe ``entries`` in one batch; if the batch fails, each entry alone.
 
@@ -35,20 +36,21 @@ def transcribe(
     failed and stays pending, to be retried (and dead-lettered after too many tries).
     """
     try:
-        return _run(model, entries, fail_segments)
+        return _run(model, entries, fail_segments, metrics)
     except Exception:
+        metrics.failures.labels(metrics.model).inc()
         if len(entries) == 1:
             log.exception("session %s segment %d failed", entries[0].job.session, entries[0].job.segment)
             return {}
         log.exception("batch of %d failed; retrying one by one", len(entries))
     results: dict[bytes, SegmentResult] = {}
     for entry in entries:
-        results.update(transcribe(model, [entry], fail_segments))
+        results.update(transcribe(model, [entry], fail_segments, metrics))
     return results
 
 
 def _run(
-    model: SpeechModel, entries: list[Entry], fail_segments: frozenset[int]
+    model: SpeechModel, entries: list[Entry], fail_segments: frozenset[int], metrics: TranscriberMetrics
 ) -> dict[bytes, SegmentResult]:
     for entry in entries:
         if entry.job.segment in fail_segments:
@@ -56,6 +58,13 @@ def _run(
     started = time.time()
     transcripts = model.transcribe([pcm16_to_float(entry.job.pcm) for entry in entries])
     finished = time.time()
+    audio = sum(entry.job.duration for entry in entries)
+    name = metrics.model
+    metrics.batch_seconds.labels(name).observe(finished - started)
+    metrics.batch_size.labels(name).observe(len(entries))
+    metrics.audio_seconds.labels(name).inc(audio)
+    if audio > 0:
+        metrics.realtime_factor.labels(name).observe((finished - started) / audio)
     results = {}
     for entry, transcript in zip(entries, transcripts, strict=True):
         job = entry.job

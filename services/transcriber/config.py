@@ -34,6 +34,7 @@ class TranscriberConfig:
     max_attempts: int
     fail_segments: frozenset[int]  # failpoint for tests: these segment numbers always fail
     threads: int
+    metrics_port: int
     consumer: str
     log_level: str
 
@@ -112,6 +113,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         type=positive(int),
     )
     parser.env_flag("--threads", "TORCH_THREADS", 0, "torch CPU threads (0: torch's default)", type=int)
+    parser.env_flag("--metrics-port", "METRICS_PORT", 9101, "Prometheus /metrics port (0: off)", type=int)
     add_common_flags(parser)
     args = parser.parse_args(argv)
     device, dtype = resolve_device(args.device, args.dtype)
@@ -129,6 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         max_attempts=args.max_attempts,
         fail_segments=failpoint_segments(),
         threads=args.threads,
+        metrics_port=args.metrics_port,
         consumer=consumer,
         log_level=args.log_level,
     )

@@ -17,9 +17,11 @@ import logging
 from typing import Any
 
 import redis.asyncio as redis
+import torch
 
-from services import keys
+from services import keys, metrics
 from services.lifecycle import Backoff, connect_redis, install_stop_signals
+from services.metrics import TranscriberMetrics
 from services.protocol import SegmentJob, SegmentResult
 from services.transcriber.batch import Entry, transcribe
 from services.transcriber.config import TranscriberConfig
@@ -45,8 +47,11 @@ async def ensure_group(client: redis.Redis, stream: str) -> None:
 
 
 class Worker:
-    def __init__(self, config: TranscriberConfig, client: redis.Redis, model: SpeechModel) -> None:
+    def __init__(
+        self, config: TranscriberConfig, client: redis.Redis, model: SpeechModel, metrics: TranscriberMetrics
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.redis = client
         self.model = model
         self.stream = keys.segment_stream(config.name)
@@ -73,9 +78,15 @@ class Worker:
             heartbeat.cancel()
 
     async def _heartbeat(self) -> None:
+        """Keep the pool's alive key fresh and the backlog gauges current."""
         while True:
-            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
                 await self.redis.set(keys.alive_key(self.config.name), self.config.consumer, px=ALIVE_TTL_MS)
+                self.metrics.stream_length.labels(self.config.name).set(await self.redis.xlen(self.stream))
+                summary: Any = await self.redis.xpending(self.stream, keys.GROUP)
+                self.metrics.stream_pending.labels(self.config.name).set(summary["pending"])
+            if self.config.device == "cuda":
+                self.metrics.gpu_memory.set(torch.cuda.memory_allocated())
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _round(self) -> None:
@@ -114,6 +125,7 @@ class Worker:
             attempts = deliveries.get(entry_id, 1)
             if attempts <= self.config.max_attempts:
                 log.info("reclaimed entry %s (delivery %d)", entry_id.decode(), attempts)
+                self.metrics.reclaimed.labels(self.config.name).inc()
                 keep.append((entry_id, fields))
             else:
                 await self._dead_letter(entry_id, fields, f"gave up after {attempts - 1} failed attempts")
@@ -121,6 +133,7 @@ class Worker:
 
     async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         log.error("entry %s dead-lettered: %s", entry_id.decode(), reason)
+        self.metrics.dead_lettered.labels(self.config.name).inc()
         async with self.redis.pipeline(transaction=True) as pipe:
             dead: dict[Any, Any] = {**fields, b"reason": reason.encode(), b"entry": entry_id}
             pipe.xadd(self.dead, dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
@@ -148,8 +161,11 @@ class Worker:
         entries = [entry for entry in entries if entry.job.session in listening]
         if gone:
             log.info("skipped %d segment(s) of sessions whose client is gone", len(gone))
+            self.metrics.skipped.labels(self.config.name).inc(len(gone))
         fails = self.config.fail_segments
-        results = await asyncio.to_thread(transcribe, self.model, entries, fails) if entries else {}
+        results = (
+            await asyncio.to_thread(transcribe, self.model, entries, fails, self.metrics) if entries else {}
+        )
         done = gone + list(results)
         if not done:
             return
@@ -173,8 +189,11 @@ async def run(config: TranscriberConfig, model: SpeechModel) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
     client = await connect_redis(config.redis_url, stop)
+    registry = metrics.new_registry()
+    worker_metrics = metrics.TranscriberMetrics(registry, config.name)
+    metrics.serve(registry, config.metrics_port)
     try:
-        await Worker(config, client, model).run(stop)
+        await Worker(config, client, model, worker_metrics).run(stop)
     finally:
         await client.aclose()
     log.info("consumer %s stopped", config.consumer)
