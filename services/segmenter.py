@@ -135,6 +135,18 @@ class Segmenter:
     def in_speech(self) -> bool:
         return self._speech is not None
 
+    @property
+    def held_bytes(self) -> int:
+        """PCM held inside: under one frame of remainder plus at most the pre-roll
+        history or one maximum-length segment."""
+        held = len(self._pending) + sum(len(f) for f, _ in self._history)
+        return held + sum(len(f) for f, _ in self._speech or [])
+
+    @property
+    def max_held_bytes(self) -> int:
+        frames = max(self._history.maxlen or 0, self._max_frames)
+        return (frames + 1) * self._frame_bytes
+
     def feed(self, pcm: bytes) -> list[Event]:
         """Take any number of bytes of 16-bit PCM; return the events they complete."""
         self._pending += pcm
