@@ -12,11 +12,13 @@ import sys
 import wave
 from pathlib import Path
 
+import subtitles
 from common import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     SAMPLE_RATES,
+    Display,
     add_stream_arguments,
     build_url,
     stream_session,
@@ -41,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fast",
         action="store_true",
         help="send as fast as the server accepts instead of at real-time pace",
+    )
+    parser.add_argument(
+        "--output",
+        type=subtitle_path,
+        help="also write the transcript with its times to this .srt, .vtt or .jsonl file",
     )
     add_stream_arguments(parser, timeout_s=60.0)
     return parser.parse_args(argv)
@@ -109,16 +116,27 @@ def main(argv: list[str] | None = None) -> int:
         print(conversion_hint(args.wav_path), file=sys.stderr)
         return EXIT_USAGE
     with wav:
-        url = build_url(args.uri, wav.getframerate(), args.model)
+        url = build_url(args.uri, wav.getframerate(), args.model, partials=args.partials)
+        display = Display(as_json=args.json, partials=args.partials)
 
         async def send_audio(ws: ClientConnection) -> None:
             await send_wav(ws, wav, chunk_ms=args.chunk_duration, paced=not args.fast)
 
         try:
-            return asyncio.run(stream_session(url, send_audio, as_json=args.json, done_timeout=args.timeout))
+            status = asyncio.run(stream_session(url, send_audio, display, args.timeout))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+    if args.output is not None:
+        args.output.write_text(subtitles.render(display.finals, args.output.suffix.lower()), encoding="utf-8")
+    return status
+
+
+def subtitle_path(value: str) -> Path:
+    try:
+        return subtitles.output_path(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from common import (
     EXIT_OK,
     EXIT_USAGE,
     SAMPLE_RATES,
+    Display,
     add_stream_arguments,
     build_url,
     stream_session,
@@ -223,8 +224,9 @@ async def stream_microphone(args: argparse.Namespace, pyaudio: Any, audio: Any) 
         with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C quits at once
             loop.add_signal_handler(signal.SIGINT, on_interrupt)
         print(f"listening on {device['name']} at {args.sample_rate} Hz; Ctrl-C to stop", file=sys.stderr)
-        url = build_url(args.uri, args.sample_rate, args.model)
-        status = await stream_session(url, chunks.send_all, as_json=args.json, done_timeout=args.timeout)
+        url = build_url(args.uri, args.sample_rate, args.model, partials=args.partials)
+        display = Display(as_json=args.json, partials=args.partials)
+        status = await stream_session(url, chunks.send_all, display, args.timeout)
     if chunks.dropped:
         print(
             f"warning: dropped {chunks.dropped} audio chunks the connection could not take", file=sys.stderr

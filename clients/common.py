@@ -79,6 +79,11 @@ def add_stream_arguments(parser: argparse.ArgumentParser, *, timeout_s: float) -
         help="print every server event as one JSON line instead of text",
     )
     parser.add_argument(
+        "--partials",
+        action="store_true",
+        help="ask for partial transcripts while a segment is spoken; shown in place on one line",
+    )
+    parser.add_argument(
         "--timeout",
         type=positive_seconds,
         default=timeout_s,
@@ -86,17 +91,19 @@ def add_stream_arguments(parser: argparse.ArgumentParser, *, timeout_s: float) -
     )
 
 
-def build_url(uri: str, sample_rate: int, model: str | None) -> str:
-    """The session URL: ``uri`` with ``sample_rate`` (and ``model``) in its query."""
+def build_url(uri: str, sample_rate: int, model: str | None, *, partials: bool = False) -> str:
+    """The session URL: ``uri`` with ``sample_rate`` (and ``model``, ``interim``) in its query."""
     parts = urlsplit(uri)
     query = [
         (key, value)
         for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        if key not in ("sample_rate", "model")
+        if key not in ("sample_rate", "model", "interim")
     ]
     query.append(("sample_rate", str(sample_rate)))
     if model:
         query.append(("model", model))
+    if partials:
+        query.append(("interim", "1"))
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", urlencode(query), ""))
 
 
@@ -129,31 +136,52 @@ def format_final(event: Mapping[str, object]) -> str:
     return line
 
 
-def show_event(event: Mapping[str, object], *, as_json: bool) -> None:
-    """Print one server event: finals on stdout, the rest on stderr, or all as JSON."""
-    if as_json:
-        print(json.dumps(event, ensure_ascii=False), flush=True)
-        return
-    kind = event.get("type")
-    if kind == "final" or (kind is None and "text" in event):
-        print(format_final(event), flush=True)
-    elif kind == "error":
-        segment = event.get("segment")
-        where = f" (segment {segment})" if segment is not None else ""
-        code, message = event.get("code", "unknown"), event.get("message", "")
-        print(f"error {code}: {message}{where}", file=sys.stderr)
-    elif kind == "ready":
-        session, model, rate = (event.get(k) for k in ("session", "model", "sample_rate"))
-        print(f"connected: session {session}, model {model}, {rate} Hz", file=sys.stderr)
+CLEAR_LINE = "\r\x1b[K"
 
 
-async def receive_events(ws: ClientConnection, *, as_json: bool) -> None:
-    """Print server events until ``done``; ConnectionClosed if the server closes first."""
+class Display:
+    """Prints server events: finals on stdout (partials in place on one line), the rest on
+    stderr, or every event as one JSON line. Keeps the finals for subtitle files."""
+
+    def __init__(self, *, as_json: bool, partials: bool = False) -> None:
+        self.as_json = as_json
+        self.partials = partials
+        self.finals: list[Mapping[str, object]] = []
+        self._partial_on_screen = False
+
+    def show(self, event: Mapping[str, object]) -> None:
+        kind = event.get("type")
+        if kind == "final" or (kind is None and "text" in event):
+            self.finals.append(event)
+        if self.as_json:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+            return
+        if kind == "partial" and self.partials:
+            print(f"{CLEAR_LINE}… {event.get('text', '')}", end="", flush=True)
+            self._partial_on_screen = True
+            return
+        if self._partial_on_screen and kind in ("final", "error", "done"):
+            print(CLEAR_LINE, end="", flush=True)
+            self._partial_on_screen = False
+        if kind == "final" or (kind is None and "text" in event):
+            print(format_final(event), flush=True)
+        elif kind == "error":
+            segment = event.get("segment")
+            where = f" (segment {segment})" if segment is not None else ""
+            code, message = event.get("code", "unknown"), event.get("message", "")
+            print(f"error {code}: {message}{where}", file=sys.stderr)
+        elif kind == "ready":
+            session, model, rate = (event.get(k) for k in ("session", "model", "sample_rate"))
+            print(f"connected: session {session}, model {model}, {rate} Hz", file=sys.stderr)
+
+
+async def receive_events(ws: ClientConnection, display: Display) -> None:
+    """Show server events until ``done``; ConnectionClosed if the server closes first."""
     while True:
         event = parse_event(await ws.recv())
         if event is None:
             continue
-        show_event(event, as_json=as_json)
+        display.show(event)
         if event.get("type") == "done":
             return
 
@@ -164,10 +192,10 @@ async def _send_then_eof(ws: ClientConnection, send_audio: AudioSender) -> None:
 
 
 async def _converse(
-    ws: ClientConnection, send_audio: AudioSender, *, as_json: bool, done_timeout: float
+    ws: ClientConnection, send_audio: AudioSender, display: Display, done_timeout: float
 ) -> int:
     """Send and receive concurrently; return once ``done`` came, raise on a close."""
-    receiver = asyncio.create_task(receive_events(ws, as_json=as_json))
+    receiver = asyncio.create_task(receive_events(ws, display))
     sender = asyncio.create_task(_send_then_eof(ws, send_audio))
     try:
         await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
@@ -213,7 +241,7 @@ def _describe_refusal(exc: InvalidStatus) -> str:
     return f"{reason}: {detail[0][:200]}" if detail else reason
 
 
-async def stream_session(url: str, send_audio: AudioSender, *, as_json: bool, done_timeout: float) -> int:
+async def stream_session(url: str, send_audio: AudioSender, display: Display, done_timeout: float) -> int:
     """Run one session against ``url`` and return the process exit status.
 
     ``send_audio`` sends the PCM frames; the EOF frame is sent after it returns.
@@ -236,7 +264,7 @@ async def stream_session(url: str, send_audio: AudioSender, *, as_json: bool, do
         print(f"cannot connect to {url}: {why}", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        return await _converse(ws, send_audio, as_json=as_json, done_timeout=done_timeout)
+        return await _converse(ws, send_audio, display, done_timeout)
     except ConnectionClosed as exc:
         return _report_close(exc)
     finally:

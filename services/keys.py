@@ -38,6 +38,11 @@ def segment_stream(model: str) -> str:
     return f"{PREFIX}:segments:{model}"
 
 
+def interim_stream(model: str) -> str:
+    """Interim (partial) requests for ``model``: served only when no final work waits."""
+    return f"{PREFIX}:interim:{model}"
+
+
 def dead_letter_stream(model: str) -> str:
     """Segments of ``model`` that could not be transcribed after every attempt."""
     return f"{PREFIX}:dead:{model}"

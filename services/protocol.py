@@ -54,6 +54,7 @@ class SessionParams:
 
     sample_rate: int = DEFAULT_SAMPLE_RATE
     model: str | None = None
+    interim: bool = False
 
 
 def parse_query(query: str) -> SessionParams:
@@ -76,7 +77,9 @@ def parse_query(query: str) -> SessionParams:
             )
     models = params.get("model", [])
     model = models[-1].strip() if models else None
-    return SessionParams(sample_rate=sample_rate, model=model or None)
+    interims = params.get("interim", [])
+    interim = bool(interims) and interims[-1].strip().lower() in ("1", "true", "yes", "on")
+    return SessionParams(sample_rate=sample_rate, model=model or None, interim=interim)
 
 
 def check_audio_frame(frame: bytes) -> None:
@@ -125,6 +128,7 @@ class Ready:
     session: str
     model: str
     sample_rate: int
+    interim: bool = False
     type: Literal["ready"] = "ready"
 
     def to_json(self) -> str:
@@ -156,6 +160,18 @@ class Final:
 
 
 @dataclass(frozen=True)
+class Partial:
+    """The transcript so far of a segment still being spoken; its final follows."""
+
+    text: str
+    segment: int
+    type: Literal["partial"] = "partial"
+
+    def to_json(self) -> str:
+        return _dump({"type": self.type, "text": self.text, "segment": self.segment})
+
+
+@dataclass(frozen=True)
 class ErrorEvent:
     code: str
     message: str
@@ -177,7 +193,7 @@ class Done:
         return _dump(asdict(self))
 
 
-ServerEvent = Ready | Final | ErrorEvent | Done
+ServerEvent = Ready | Partial | Final | ErrorEvent | Done
 
 
 # --- ingest -> transcriber: one stream entry per segment ---------------------
@@ -199,9 +215,11 @@ class SegmentJob:
     end: float
     endpoint_at: float
     enqueued_at: float
+    partial: bool = False  # an interim request for a segment still open
 
     def to_fields(self) -> dict[str, bytes | str]:
         return {
+            "partial": "1" if self.partial else "0",
             "session": self.session,
             "segment": str(self.segment),
             "pcm": self.pcm,
@@ -223,6 +241,7 @@ class SegmentJob:
                 end=float(fields[b"end"]),
                 endpoint_at=float(fields[b"endpoint_at"]),
                 enqueued_at=float(fields[b"enqueued_at"]),
+                partial=fields.get(b"partial") == b"1",
             )
         except (KeyError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"malformed segment entry: {exc!r}") from None
@@ -251,6 +270,7 @@ class SegmentResult:
     text: str = ""
     reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    partial: bool = False
 
     def to_json(self) -> str:
         return _dump(asdict(self))
@@ -270,6 +290,7 @@ class SegmentResult:
                 text=str(data.get("text", "")),
                 reason=str(data.get("reason", "")),
                 timings={str(k): float(v) for k, v in data.get("timings", {}).items()},
+                partial=bool(data.get("partial", False)),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"malformed result message: {exc!r}") from None

@@ -135,6 +135,12 @@ class Segmenter:
     def in_speech(self) -> bool:
         return self._speech is not None
 
+    def open_pcm(self) -> tuple[float, bytes]:
+        """Start time and audio so far of the segment being spoken (``b""`` when none)."""
+        if self._speech is None:
+            return self.position, b""
+        return self._seconds(self._speech_first), b"".join(f for f, _ in self._speech)
+
     @property
     def held_bytes(self) -> int:
         """PCM held inside: under one frame of remainder plus at most the pre-roll

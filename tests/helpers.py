@@ -28,7 +28,12 @@ SENTENCES = (
     "My internet connection has been very slow since last week.",
     "I would like to change the address on my account.",
     "Can you tell me the balance of my savings account?",
+    # A long one, for partial results while it is spoken.
+    "I have been waiting for my refund for more than three weeks now, and nobody from your team "
+    "has called me back even once, so please escalate this complaint to your manager today.",
 )
+# The five short sentences: the default test stream.
+SHORT = (0, 1, 2, 3, 4)
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -99,7 +104,7 @@ class Speech:
         self._clips = [espeak(text, workdir / f"s{i}.wav") for i, text in enumerate(SENTENCES)]
         self._cache: dict[tuple[int, tuple[int, ...]], Stream] = {}
 
-    def stream(self, rate: int, which: tuple[int, ...] = tuple(range(len(SENTENCES)))) -> Stream:
+    def stream(self, rate: int, which: tuple[int, ...] = SHORT) -> Stream:
         key = (rate, which)
         if key not in self._cache:
             gap = np.zeros(int(self.GAP_S * ESPEAK_RATE), np.int16)

@@ -31,6 +31,7 @@ class IngestConfig:
     api_keys: frozenset[str]
     allowed_origins: tuple[str, ...]
     web: bool
+    interim_ms: int
     metrics_port: int
     log_level: str
 
@@ -169,6 +170,13 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         "serve the browser microphone page at http://HOST:PORT/ (--web false turns it off)",
         type=boolean,
     )
+    parser.env_flag(
+        "--interim-ms",
+        "INTERIM_MS",
+        1000,
+        "for sessions that ask (?interim=1), a partial transcript every this many ms of speech (0: never)",
+        type=int,
+    )
     parser.env_flag("--metrics-port", "METRICS_PORT", 9100, "Prometheus /metrics port (0: off)", type=int)
     args = parser.parse_args(argv)
     segmenter = SegmenterConfig(
@@ -211,6 +219,7 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         api_keys=frozenset(api_keys),
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         web=args.web,
+        interim_ms=args.interim_ms,
         metrics_port=args.metrics_port,
         log_level=args.log_level,
     )

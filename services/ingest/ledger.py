@@ -27,6 +27,19 @@ class Ledger:
         self._head = 0  # lowest segment not yet released to the client
         self._open: dict[int, Outstanding] = {}
         self._ready: dict[int, SegmentResult | ErrorEvent] = {}
+        self._partial: set[int] = set()  # segments the client saw partials of
+
+    @property
+    def next_number(self) -> int:
+        """The number the segment being spoken will get."""
+        return self._next
+
+    def mark_partial(self, segment: int) -> None:
+        """The client saw a partial of ``segment``: it gets a final even if that is empty."""
+        self._partial.add(segment)
+
+    def had_partial(self, segment: int) -> bool:
+        return segment in self._partial
 
     @property
     def unanswered(self) -> int:
@@ -74,5 +87,8 @@ class Ledger:
                 events.append(Final(result.text, self._head, item.start, item.end, now - item.endpoint_at))
             elif result.outcome == "error":
                 events.append(ErrorEvent("transcription_failed", result.reason, self._head))
+            elif self._head in self._partial:  # empty, but the partial on screen must be replaced
+                events.append(Final("", self._head, item.start, item.end, now - item.endpoint_at))
+            self._partial.discard(self._head)
             self._head += 1
         return events

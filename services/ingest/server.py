@@ -129,7 +129,8 @@ class Ingest:
             params = parse_query(urlsplit(ws.request.path).query)
             model = await self.resolve_model(params.model)
             async with self.router.subscription(session_id) as results:
-                await ws.send(Ready(session_id, model, params.sample_rate).to_json())
+                interim = params.interim and self.config.interim_ms > 0
+                await ws.send(Ready(session_id, model, params.sample_rate, interim).to_json())
                 log.info(
                     "session %s open from %s: model %s, %d Hz",
                     session_id,
@@ -139,7 +140,7 @@ class Ingest:
                 )
                 self.metrics.sessions_opened.labels(model).inc()
                 session = Session(
-                    ws, session_id, model, params.sample_rate, self.config, self.redis, results, self.metrics
+                    ws, session_id, model, params, self.config, self.redis, results, self.metrics
                 )
                 await session.run()
         except* ProtocolError as group:

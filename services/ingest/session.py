@@ -28,16 +28,21 @@ from services.protocol import (
     Done,
     ErrorEvent,
     Final,
+    Partial,
     ProtocolError,
     SegmentJob,
     SegmentResult,
     ServerEvent,
+    SessionParams,
     check_audio_frame,
     parse_text,
 )
 from services.segmenter import Dropped, Event, Segmenter
 
 log = logging.getLogger("ingest.session")
+
+# Interim requests are cheap to lose: the stream keeps only the newest few hundred.
+INTERIM_MAXLEN = 200
 
 
 class ClientGone(Exception):
@@ -50,7 +55,7 @@ class Session:
         ws: ServerConnection,
         session_id: str,
         model: str,
-        rate: int,
+        params: SessionParams,
         config: IngestConfig,
         client: redis.Redis,
         results: asyncio.Queue[bytes],
@@ -58,12 +63,15 @@ class Session:
     ) -> None:
         self.ws = ws
         self.id = session_id
-        self.rate = rate
+        self.rate = params.sample_rate
+        self.interim = params.interim and config.interim_ms > 0
+        self.last_interim = 0.0  # stream position of the last interim request
         self.config = config
         self.redis = client
         self.results = results
         self.stream = keys.segment_stream(model)
-        self.segmenter = Segmenter(rate, config.segmenter)
+        self.interim_stream = keys.interim_stream(model)
+        self.segmenter = Segmenter(self.rate, config.segmenter)
         self.ledger = Ledger(config.result_timeout)
         self.model = model
         self.metrics = metrics
@@ -100,6 +108,8 @@ class Session:
             self.metrics.bytes_received.inc(len(message))
             for event in self.segmenter.feed(message):
                 await self._enqueue(event)
+            if self.interim:
+                await self._request_interim()
             if max(self.segmenter.position, time.monotonic() - opened) > config.max_session_s:
                 # Past the limit: what was said so far is still transcribed and delivered.
                 self.ending = ProtocolError(
@@ -116,10 +126,37 @@ class Session:
         self.eof = True
         await self.results.put(WAKE)
 
+    async def _request_interim(self) -> None:
+        """Every ``interim_ms`` of open speech, ask for a transcript of it so far."""
+        start, pcm = self.segmenter.open_pcm()
+        position = self.segmenter.position
+        if not pcm or position - max(start, self.last_interim) < self.config.interim_ms / 1000:
+            return
+        self.last_interim = position
+        now = time.time()
+        job = SegmentJob(
+            self.id,
+            self.ledger.next_number,
+            resample_pcm16(pcm, self.rate),
+            start,
+            position,
+            now,
+            now,
+            partial=True,
+        )
+        fields: dict[Any, Any] = job.to_fields()
+        await self.redis.xadd(self.interim_stream, fields, maxlen=INTERIM_MAXLEN, approximate=True)
+
     async def _enqueue(self, event: Event) -> None:
         if isinstance(event, Dropped):
             log.debug("session %s dropped %.2f-%.2f s (%s)", self.id, event.start, event.end, event.reason)
             self.metrics.segments_dropped.labels(event.reason).inc()
+            if self.ledger.had_partial(self.ledger.next_number):
+                # The client saw partials of it: the number is used, and its final is empty.
+                number = self.ledger.add(event.start, event.end, time.time(), time.time())
+                await self.results.put(
+                    SegmentResult(self.id, number, "empty", reason=event.reason).to_json().encode()
+                )
             return
         self.metrics.vad_hangover.labels(self.model).observe(self.segmenter.position - event.speech_end)
         endpoint_at = time.time()
@@ -189,6 +226,13 @@ class Session:
         if result.session != self.id:
             log.error("session %s got a result for session %s; dropped", self.id, result.session)
             return []
+        if result.partial:
+            # Only while its segment is still being spoken; a late one is stale.
+            fresh = result.segment == self.ledger.next_number and self.segmenter.in_speech
+            if not (fresh and result.text):
+                return []
+            self.ledger.mark_partial(result.segment)
+            return [Partial(result.text, result.segment)]
         if result.outcome == "text":
             self.timings[result.segment] = result.timings
         return self.ledger.resolve(result, time.time())
