@@ -6,6 +6,7 @@ with the real whisper-base, kills or stops something, and checks what clients se
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -195,3 +196,29 @@ def test_no_transcriber_is_told_at_the_handshake_and_a_dead_one_times_out(
     assert [(e["code"], e.get("segment")) for e in events if e["type"] == "error"] == [("timeout", 0)]
     assert events[-1] == {"type": "done"}
     assert time.monotonic() - started < 15
+
+
+def test_results_for_a_client_that_left_are_dropped_without_piling_up(
+    base_stack: LocalStack, speech: Speech
+) -> None:
+    from websockets.sync.client import connect
+
+    stream = speech.stream(16000, (0, 1, 2))
+    with connect(base_stack.uri) as ws:
+        session = json.loads(ws.recv(timeout=10))["session"]
+        for i in range(0, len(stream.pcm), 32000):
+            ws.send(stream.pcm[i : i + 32000])
+        ws.send(json.dumps({"type": "eof"}))
+        # ...and leaves at once, before any transcript arrives.
+    channel = keys.result_channel(session)
+    with redis.Redis.from_url(base_stack.redis_url) as client:
+        # The ingest lets go of the session at once (no one waits for its results)...
+        wait_until(lambda: client.pubsub_numsub(channel) == [(channel.encode(), 0)], 10, "the unsubscribe")
+        # ...and what it had queued is skipped or answered into the void, then deleted.
+        segments = keys.segment_stream(base_stack.name)
+        wait_until(
+            lambda: client.xlen(segments) == 0 and not any(pending_of(base_stack).values()),
+            60,
+            "the stream to drain",
+        )
+        assert client.pubsub_channels(keys.result_channel("*")) == []

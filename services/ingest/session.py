@@ -8,9 +8,10 @@ with ``done`` once end of audio was seen and every segment is answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import redis.asyncio as redis
 from websockets.asyncio.server import ServerConnection
@@ -80,9 +81,19 @@ class Session:
         self.ending: ProtocolError | None = None  # the error that ends the session instead of done
 
     async def run(self) -> None:
+        """Until ``done`` is sent; raises ClientGone or ProtocolError if the session ends early."""
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._receive())
-            tasks.create_task(self._relay())
+            receiver = tasks.create_task(self._receive())
+            await self._relay()
+            receiver.cancel()
+
+    async def _watch_after_eof(self) -> NoReturn:
+        """After end of audio, notice a client that leaves before its results arrive, so
+        they are not waited for (and not transcribed: the channel is unsubscribed)."""
+        with contextlib.suppress(ConnectionClosedOK):
+            async for _ in self.ws:
+                pass  # nothing is expected after end of audio
+        raise ClientGone()
 
     async def _receive(self) -> None:
         config = self.config
@@ -97,7 +108,7 @@ class Session:
             if isinstance(message, str):
                 parse_text(message)  # the only client message is end of audio
                 await self._end_of_audio()
-                return
+                await self._watch_after_eof()
             if len(message) > config.max_frame_bytes:
                 raise ProtocolError(
                     "frame_too_big",
@@ -117,7 +128,7 @@ class Session:
                     f"sessions are limited to {config.max_session_s:g} s; reconnect to go on",
                 )
                 await self._end_of_audio()
-                return
+                await self._watch_after_eof()
 
     async def _end_of_audio(self) -> None:
         for event in self.segmenter.flush():
