@@ -23,53 +23,27 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import webrtcvad
-from websockets.asyncio.client import connect
 
+from bench.common import match_finals, stream_real_time
 from tests.helpers import ROOT, LocalStack, Speech, Stream, start_ingest, wer
 
 HINDI = sorted(glob.glob(str(ROOT.parent / "shared/audio/oriserve-examples/*.wav")))
 
 
-async def stream_real_time(
-    uri: str, stream: Stream, chunk_ms: int
-) -> tuple[float, list[tuple[dict[str, Any], float]]]:
-    """Send ``stream`` paced by the wall clock; return (start time, [(final, arrival time)])."""
-    chunk = stream.rate * chunk_ms // 1000 * 2
-    got: list[tuple[dict[str, Any], float]] = []
-    async with connect(f"{uri}/?sample_rate={stream.rate}") as ws:
-        started = time.time()
-
-        async def send() -> None:
-            for n, i in enumerate(range(0, len(stream.pcm), chunk)):
-                await asyncio.sleep(max(0.0, started + n * chunk_ms / 1000 - time.time()))
-                await ws.send(stream.pcm[i : i + chunk])
-            await ws.send(json.dumps({"type": "eof"}))
-
-        sender = asyncio.create_task(send())
-        async for message in ws:
-            event = json.loads(message)
-            if event["type"] == "final":
-                got.append((event, time.time()))
-            elif event["type"] == "done":
-                break
-        await sender
-    return started, got
-
-
 def measure(uri: str, stream: Stream, chunk_ms: int) -> dict[str, Any]:
-    started, got = asyncio.run(stream_real_time(uri, stream, chunk_ms))
+    session = asyncio.run(stream_real_time(uri, stream, chunk_ms))
+    mine, _ = match_finals(session.finals, stream.utterances)
     latencies, texts = [], []
-    for start, end in stream.utterances:
-        mine = [(e, t) for e, t in got if start - 0.5 <= e["start"] and e["end"] <= end + 0.5]
-        texts.append(" ".join(e["text"] for e, _ in mine))
-        if mine:
-            latencies.append(mine[-1][1] - (started + end))
+    for (_, end), got in zip(stream.utterances, mine, strict=True):
+        texts.append(" ".join(r.event["text"] for r in got))
+        if got:
+            latencies.append(got[-1].at - session.sent_at(end))
     return {
-        "segments": len(got),
+        "segments": len(session.finals),
         "utterances": len(stream.utterances),
         "wer": wer(" ".join(stream.texts), " ".join(texts)),
         "eos_to_text_s": [round(x, 3) for x in latencies],
-        "server_latency_s": [e["latency"] for e, _ in got],
+        "server_latency_s": [r.event["latency"] for r in session.finals],
     }
 
 

@@ -11,11 +11,18 @@ command -v sox >/dev/null || need+=(sox)
 command -v pulseaudio >/dev/null || need+=(pulseaudio)
 command -v paplay >/dev/null || need+=(pulseaudio-utils)
 command -v chromium >/dev/null || need+=(chromium)  # the browser page test (tests/test_web.py)
-[ ${#need[@]} -eq 0 ] && exit 0
+# prometheus (with promtool): tests/test_prometheus.py runs it on a free port, test_deploy.py
+# runs promtool. Installed without its recommended node exporter, which would take port 9100
+# (the ingest's metrics port) where systemd starts services. A system Prometheus that apt may
+# start on :9090 is never used by the tests.
+nodeps=()
+command -v prometheus >/dev/null && command -v promtool >/dev/null || nodeps+=(prometheus)
+[ ${#need[@]} -eq 0 ] && [ ${#nodeps[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
-  echo "missing system packages: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2
+  echo "missing system packages: ${need[*]} ${nodeps[*]} (run as root: sudo $0)" >&2
   exit 1
 fi
-echo "installing system packages: ${need[*]}"
+echo "installing system packages: ${need[*]} ${nodeps[*]}"
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+[ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+[ ${#nodeps[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${nodeps[@]}" >/dev/null

@@ -19,6 +19,11 @@ from prometheus_client import (
     start_http_server,
 )
 
+from services.protocol import ERROR_CODES
+
+# Handshake refusals (HTTP 401/503) counted in stt_sessions_refused_total beside the error codes.
+ADMISSION_REFUSALS = ("unauthorized", "capacity", "backlog", "backend_unavailable")
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 60.0)
 SMALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -103,6 +108,14 @@ class IngestMetrics:
         self.bytes_received = Counter(
             "stt_audio_received_bytes_total", "PCM bytes received from clients", registry=registry
         )
+        # Known label values start at 0, so rate() sees the first event of each.
+        for code in ERROR_CODES:
+            self.errors.labels(code)
+            self.sessions_refused.labels(code)
+        for reason in ADMISSION_REFUSALS:
+            self.sessions_refused.labels(reason)
+        for reason in ("too_short", "noise"):
+            self.segments_dropped.labels(reason)
 
 
 class TranscriberMetrics:
@@ -165,3 +178,7 @@ class TranscriberMetrics:
             registry=registry,
         )
         self.gpu_memory = Gauge("stt_gpu_memory_bytes", "CUDA memory allocated by torch", registry=registry)
+        # Export the known model label at 0 from the start, so rates and alerts on rare
+        # events (reclaims, dead letters, failures) have a series before the first one.
+        for counter in (self.audio_seconds, self.reclaimed, self.dead_lettered, self.skipped, self.failures):
+            counter.labels(model)

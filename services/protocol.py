@@ -31,6 +31,24 @@ CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 
 
+# Every ``code`` an error event can carry (the README's table explains each).
+ERROR_CODES = (
+    "bad_sample_rate",
+    "unknown_model",
+    "no_transcriber",
+    "bad_audio",
+    "frame_too_big",
+    "bad_message",
+    "idle_timeout",
+    "session_too_long",
+    "slow_client",
+    "timeout",
+    "transcription_failed",
+    "backend_unavailable",
+    "internal_error",
+)
+
+
 class ProtocolError(Exception):
     """A client did something the protocol does not allow.
 
