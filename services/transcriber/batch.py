@@ -79,11 +79,13 @@ def _run(
         }
         outcome: Outcome = "text" if verdict.text else "empty"
         results[entry.id] = SegmentResult(
-            job.session, job.segment, outcome, verdict.text, verdict.reason, timings
+            job.session, job.segment, outcome, verdict.text, verdict.reason, timings, partial=job.partial
         )
+        metrics.segments.labels(name, "partial" if job.partial else outcome).inc()
         log.info(
-            "session %s segment %d: %.2f s audio in %.2f s (batch %d, no-speech %.2f): %r%s",
+            "session %s %s %d: %.2f s audio in %.2f s (batch %d, no-speech %.2f): %r%s",
             job.session,
+            "partial" if job.partial else "segment",
             job.segment,
             job.duration,
             finished - started,

@@ -14,6 +14,15 @@ from services.config import EnvArgumentParser, add_common_flags, positive
 from services.keys import model_name
 
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
+# See the comment on Worker._read_batch for how this was chosen.
+DEFAULT_BATCH_WAIT_MS = 20
+
+
+def non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"{raw} is < 0")
+    return value
 
 
 class ConfigError(Exception):
@@ -25,11 +34,14 @@ class TranscriberConfig:
     redis_url: str
     model_id: str
     name: str  # the pool (and stream) this transcriber serves
+    backend: str  # "transformers" (the reference) or "ctranslate2"
     device: str
-    dtype: str
+    dtype: str  # transformers weights precision
+    compute_type: str  # CTranslate2 compute type
     language: str
     task: str
     max_batch: int
+    batch_wait_ms: int
     claim_idle_ms: int
     max_attempts: int
     fail_segments: frozenset[int]  # failpoint for tests: these segment numbers always fail
@@ -55,6 +67,28 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     if dtype == "auto":
         dtype = "float16" if resolved == "cuda" else "float32"
     return resolved, dtype
+
+
+CPU_COMPUTE_TYPES = ("int8", "int8_float32", "float32")
+
+
+def resolve_compute_type(backend: str, device: str, dtype: str, compute_type: str) -> str:
+    """Turn ``auto`` into int8 (CPU) or float16 (CUDA); refuse flags of the other backend."""
+    if backend == "transformers":
+        if compute_type != "auto":
+            raise ConfigError(
+                "--compute-type is for --backend ctranslate2; the transformers backend uses --dtype"
+            )
+        return compute_type
+    if dtype != "auto":
+        raise ConfigError(
+            "--dtype is for --backend transformers; the ctranslate2 backend uses --compute-type"
+        )
+    if compute_type == "auto":
+        return "float16" if device == "cuda" else "int8"
+    if device == "cpu" and compute_type not in CPU_COMPUTE_TYPES:
+        raise ConfigError(f"--compute-type {compute_type} needs a CUDA device; on CPU use int8 or float32")
+    return compute_type
 
 
 def failpoint_segments() -> frozenset[int]:
@@ -83,6 +117,14 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         "pool name clients select with ?model= (default: swift/prime for Oriserve's models, "
         "else the directory name or Hub id)",
     )
+    parser.env_flag(
+        "--backend",
+        "BACKEND",
+        "transformers",
+        "inference library: transformers (the reference; GPU default) or ctranslate2 "
+        "(int8 on CPU, --model-id is a CTranslate2 directory such as models/whisper-base-ct2)",
+        choices=["transformers", "ctranslate2"],
+    )
     parser.env_flag("--device", "DEVICE", "auto", "where the model runs", choices=["auto", "cuda", "cpu"])
     parser.env_flag(
         "--dtype",
@@ -92,11 +134,25 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         choices=["auto", "float16", "float32"],
     )
     parser.env_flag(
+        "--compute-type",
+        "COMPUTE_TYPE",
+        "auto",
+        "CTranslate2 compute type (auto: int8 on CPU, float16 on CUDA)",
+        choices=["auto", "int8", "int8_float32", "int8_float16", "float16", "float32"],
+    )
+    parser.env_flag(
         "--language", "LANGUAGE", "en", "decoding language; 'en' makes Oriserve's models write Hinglish"
     )
     parser.env_flag("--task", "TASK", "transcribe", "Whisper task", choices=["transcribe", "translate"])
     parser.env_flag(
         "--max-batch", "MAX_BATCH", 8, "most segments transcribed in one batch", type=positive(int)
+    )
+    parser.env_flag(
+        "--batch-wait-ms",
+        "BATCH_WAIT_MS",
+        DEFAULT_BATCH_WAIT_MS,
+        "after a batch's first segment arrives, wait at most this long for more (0: take what is there)",
+        type=non_negative_int,
     )
     parser.env_flag(
         "--claim-idle-ms",
@@ -112,21 +168,32 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         "deliveries of a segment before it goes to the dead-letter stream",
         type=positive(int),
     )
-    parser.env_flag("--threads", "TORCH_THREADS", 0, "torch CPU threads (0: torch's default)", type=int)
+    parser.env_flag(
+        "--threads",
+        "TORCH_THREADS",
+        0,
+        "CPU threads of the model: torch's, or CTranslate2's intra_threads (0: the library's default)",
+        type=int,
+    )
     parser.env_flag("--metrics-port", "METRICS_PORT", 9101, "Prometheus /metrics port (0: off)", type=int)
     add_common_flags(parser)
     args = parser.parse_args(argv)
-    device, dtype = resolve_device(args.device, args.dtype)
+    compute_dtype = args.dtype if args.backend == "transformers" else "auto"
+    device, dtype = resolve_device(args.device, compute_dtype)
+    compute_type = resolve_compute_type(args.backend, device, args.dtype, args.compute_type)
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     return TranscriberConfig(
         redis_url=args.redis_url,
         model_id=args.model_id,
         name=model_name(args.serve_as or args.model_id),
+        backend=args.backend,
         device=device,
         dtype=dtype,
+        compute_type=compute_type,
         language=args.language,
         task=args.task,
         max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
         claim_idle_ms=args.claim_idle_ms,
         max_attempts=args.max_attempts,
         fail_segments=failpoint_segments(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as redis
@@ -33,6 +34,9 @@ HEARTBEAT_S = 2.0
 ALIVE_TTL_MS = 10_000
 BLOCK_MS = 1000  # how long one read waits; also bounds how late a stop is noticed
 DEAD_LETTER_MAXLEN = 10_000
+# An interim request older than this has been overtaken by a newer one (they come every
+# --interim-ms of speech) or by its final: it is dropped unanswered.
+INTERIM_MAX_AGE_S = 1.0
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 
@@ -55,10 +59,11 @@ class Worker:
         self.redis = client
         self.model = model
         self.stream = keys.segment_stream(config.name)
+        self.interim = keys.interim_stream(config.name)
         self.dead = keys.dead_letter_stream(config.name)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_group(self.redis, self.stream)
+        await self._ensure_groups()
         async with asyncio.TaskGroup() as tasks:
             heartbeat = tasks.create_task(self._heartbeat())
             log.info("consumer %s serving %r from %s", self.config.consumer, self.config.name, self.stream)
@@ -74,8 +79,12 @@ class Worker:
                     if "NOGROUP" not in str(exc):
                         raise
                     log.warning("consumer group gone (Redis restarted?); creating it again")
-                    await ensure_group(self.redis, self.stream)
+                    await self._ensure_groups()
             heartbeat.cancel()
+
+    async def _ensure_groups(self) -> None:
+        for stream in (self.stream, self.interim):
+            await ensure_group(self.redis, stream)
 
     async def _heartbeat(self) -> None:
         """Keep the pool's alive key fresh and the backlog gauges current."""
@@ -100,18 +109,75 @@ class Worker:
         )
         entries: list[RawEntry] = [e for e in claimed[1] if e[1]]  # deleted entries come back empty
         if entries:
-            entries = await self._retire_exhausted(entries)
-        else:
-            reply: Any = await self.redis.xreadgroup(
+            await self._process(await self._retire_exhausted(entries))
+            return
+        finals, interims = await self._read_batch()
+        if finals:
+            await self._process(finals)
+        if interims:
+            # Finals first: interims read beside a final are stale by the time it is done.
+            await self._process_interims(interims, stale=bool(finals))
+
+    async def _read_batch(self) -> tuple[list[RawEntry], list[RawEntry]]:
+        """New (final, interim) entries, up to ``max_batch`` each: wait up to BLOCK_MS for the
+        first, then, once a final segment is there, keep its batch open for at most
+        ``batch_wait_ms`` so that segments of sessions that stop talking at about the same time
+        share one batch.
+
+        Default 20 ms, measured with bench/backends.py on the 2-core CPU: there a batch of 4
+        costs about as much per segment as 4 segments one by one (the encoder's work grows with
+        the batch; batching saves little), so a longer wait would only add latency. 20 ms is
+        ~2-5 % of one segment's model time and still catches what arrives together (a backlog,
+        several sessions ending at once). On a GPU a batch of 4-16 costs little more than 1:
+        raise it there (e.g. 50 ms) when many sessions share a transcriber.
+        """
+        max_batch = self.config.max_batch
+        reply: Any = await self.redis.xreadgroup(
+            keys.GROUP,
+            self.config.consumer,
+            {self.stream: ">", self.interim: ">"},
+            count=max_batch,
+            block=BLOCK_MS,
+        )
+        read = {name.decode(): got for name, got in reply or []}
+        finals, interims = read.get(self.stream, []), read.get(self.interim, [])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.batch_wait_ms / 1000
+        while finals and len(finals) < max_batch:
+            left_ms = int((deadline - loop.time()) * 1000)
+            if left_ms < 1:  # block=0 would mean "forever"
+                break
+            more: Any = await self.redis.xreadgroup(
                 keys.GROUP,
                 self.config.consumer,
                 {self.stream: ">"},
-                count=self.config.max_batch,
-                block=BLOCK_MS,
+                count=max_batch - len(finals),
+                block=left_ms,
             )
-            entries = [entry for _, stream_entries in reply or [] for entry in stream_entries]
+            finals += [entry for _, got in more or [] for entry in got]
+        return finals, interims
+
+    async def _process_interims(self, raw: list[RawEntry], stale: bool) -> None:
+        """Transcribe the newest fresh interim request of each session; drop the rest.
+        Interims are never retried: a lost one is replaced by the next, or by the final."""
+        newest: dict[str, Entry] = {}
+        if not stale:
+            now = time.time()
+            for entry_id, fields in raw:
+                try:
+                    job = SegmentJob.from_fields(fields)
+                except ValueError:
+                    continue
+                if now - job.enqueued_at <= INTERIM_MAX_AGE_S:
+                    newest[job.session] = Entry(entry_id, job)
+        entries = list(newest.values())
+        listening = await self._listening({entry.job.session for entry in entries})
+        entries = [entry for entry in entries if entry.job.session in listening]
+        results = {}
         if entries:
-            await self._process(entries)
+            fails = self.config.fail_segments
+            results = await asyncio.to_thread(transcribe, self.model, entries, fails, self.metrics)
+        await self._finish(self.interim, results, [entry_id for entry_id, _ in raw])
 
     async def _retire_exhausted(self, entries: list[RawEntry]) -> list[RawEntry]:
         """Dead-letter reclaimed entries delivered more than ``max_attempts`` times; return the rest."""
@@ -134,6 +200,7 @@ class Worker:
     async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         log.error("entry %s dead-lettered: %s", entry_id.decode(), reason)
         self.metrics.dead_lettered.labels(self.config.name).inc()
+        self.metrics.segments.labels(self.config.name, "error").inc()
         async with self.redis.pipeline(transaction=True) as pipe:
             dead: dict[Any, Any] = {**fields, b"reason": reason.encode(), b"entry": entry_id}
             pipe.xadd(self.dead, dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
@@ -162,18 +229,22 @@ class Worker:
         if gone:
             log.info("skipped %d segment(s) of sessions whose client is gone", len(gone))
             self.metrics.skipped.labels(self.config.name).inc(len(gone))
-        fails = self.config.fail_segments
-        results = (
-            await asyncio.to_thread(transcribe, self.model, entries, fails, self.metrics) if entries else {}
-        )
-        done = gone + list(results)
+        results = {}
+        if entries:
+            fails = self.config.fail_segments
+            results = await asyncio.to_thread(transcribe, self.model, entries, fails, self.metrics)
+        # A failed entry stays pending, to be reclaimed and retried.
+        await self._finish(self.stream, results, gone + list(results))
+
+    async def _finish(self, stream: str, results: dict[bytes, SegmentResult], done: list[bytes]) -> None:
+        """Publish the results, then acknowledge and delete the entries that are done."""
         if not done:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             for result in results.values():
                 pipe.publish(keys.result_channel(result.session), result.to_json())
-            pipe.xack(self.stream, keys.GROUP, *done)
-            pipe.xdel(self.stream, *done)
+            pipe.xack(stream, keys.GROUP, *done)
+            pipe.xdel(stream, *done)
             await pipe.execute()
 
     async def _listening(self, sessions: set[str]) -> set[str]:

@@ -1,0 +1,51 @@
+"""An instant transcriber for benchmarking the ingest alone: the real consume loop, no model.
+
+It is ``services.transcriber.worker`` (consumer group, XREADGROUP, listening check, PUBLISH,
+XACK + XDEL) with a model that answers every segment at once with the same short text, so
+whatever latency remains is the pipeline's: WebSocket, VAD, Redis streams, pub/sub, relay.
+
+    .venv/bin/python -m bench.echo_worker --redis-url redis://127.0.0.1:6379/0 --serve-as whisper-base
+
+Takes the transcriber's flags (``--max-batch``, ``--batch-wait-ms``, ``--metrics-port``, ...);
+``--model-id`` is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from services.config import setup_logging
+from services.transcriber.config import ConfigError, parse_args
+from services.transcriber.model import Transcript
+from services.transcriber.worker import run
+
+ECHO = Transcript("echo", 0.0, 0.0)
+
+
+class EchoModel:
+    """A ``SpeechModel`` that takes no time."""
+
+    def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
+        return [ECHO] * len(batch)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_args(
+            ["--model-id", "echo", "--device", "cpu", *(sys.argv[1:] if argv is None else argv)]
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    asyncio.run(run(config, EchoModel()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Partial results while a segment is spoken, and subtitle files, end to end with whisper-base."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+from tests.helpers import LocalStack, Speech, finals, run_client, wer
+
+
+def test_partials_come_before_the_final_and_change_nothing_in_it(
+    base_stack: LocalStack, speech: Speech
+) -> None:
+    stream = speech.stream(16000, (5,))  # one long sentence, about 9 s, streamed in real time
+    code, off, stderr = run_client(base_stack.uri, stream.path)
+    assert code == 0, stderr
+    code, on, stderr = run_client(base_stack.uri, stream.path, "--partials")
+    assert code == 0, stderr
+    assert on[0]["type"] == "ready" and on[0]["interim"] is True
+    assert not [e for e in off if e["type"] == "partial"]
+    kinds = [(e["type"], e.get("segment")) for e in on if e["type"] in ("partial", "final")]
+    partials = [e for e in on if e["type"] == "partial"]
+    assert partials, "no partial arrived while the sentence was spoken"
+    for partial in partials:  # each partial comes before the final of its segment
+        assert kinds.index(("partial", partial["segment"])) < kinds.index(("final", partial["segment"]))
+    assert [f["text"] for f in finals(on)] == [f["text"] for f in finals(off)]
+    assert wer(stream.texts[0], " ".join(f["text"] for f in finals(on))) <= 0.25
+    latency_off = statistics.mean(f["latency"] for f in finals(off))
+    latency_on = statistics.mean(f["latency"] for f in finals(on))
+    print(f"final latency: {latency_off:.2f} s without partials, {latency_on:.2f} s with {len(partials)}")
+    # An interim already running when the segment ends can hold the final back by one interim's model time.
+    assert latency_on <= latency_off + 2.0
+
+
+def test_subtitle_files_hold_the_finals_with_their_times(
+    base_stack: LocalStack, speech: Speech, tmp_path: Path
+) -> None:
+    stream = speech.stream(16000, (0, 1))
+    outputs = [tmp_path / name for name in ("out.srt", "out.vtt", "out.jsonl")]
+    for output in outputs:
+        code, events, stderr = run_client(base_stack.uri, stream.path, "--fast", "--output", str(output))
+        assert code == 0, stderr
+        got = finals(events)
+        assert len(got) == 2
+    srt = outputs[0].read_text()
+    cues = re.findall(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n(.+)\n", srt)
+    assert [int(c[0]) for c in cues] == [1, 2]
+    for cue, final in zip(cues, got, strict=True):
+        h, m, s, ms = map(int, cue[1:5])
+        assert abs(h * 3600 + m * 60 + s + ms / 1000 - final["start"]) < 0.002
+        assert cue[9] == final["text"]
+    vtt = outputs[1].read_text()
+    assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == 2 and "." in vtt.split(" --> ")[0]
+    lines = [json.loads(line) for line in outputs[2].read_text().splitlines()]
+    assert [(x["start"], x["end"], x["text"]) for x in lines] == [
+        (f["start"], f["end"], f["text"]) for f in got
+    ]
+    code, _, stderr = run_client(base_stack.uri, stream.path, "--output", str(tmp_path / "out.txt"))
+    assert code == 2 and ".srt" in stderr
