@@ -8,10 +8,12 @@ it drifts from the reference, not how right it is). Each set is cycled
 to ``--segments`` clips so every batch is full. Backends: transformers fp32 (``WhisperModel``, the
 reference), transformers with torch dynamic int8 quantization of every ``nn.Linear``, and
 CTranslate2 (``CTranslate2Model``) int8 and float32. Times are model time per segment (feature
-extraction included) after one warm-up batch; with ``--repeat`` above 1 the fastest run counts.
+extraction included) after one warm-up batch. The backends take turns, ``--repeat`` rounds of
+them per batch size, and each one's fastest round counts, so load from other work on the machine
+falls on all of them alike.
 
     .venv/bin/python -m bench.backends [--batches 1,4,8] [--threads 1,2] [--backends all]
-                                       [--segments 8] [--repeat 1] [--out bench/results/backends.json]
+                                       [--segments 8] [--repeat 3] [--out bench/results/backends.json]
 """
 
 from __future__ import annotations
@@ -109,15 +111,12 @@ def cycle(items: Sequence[Any], n: int) -> list[Any]:
     return [items[i % len(items)] for i in range(n)]
 
 
-def timed(model: SpeechModel, clips: list[Clip], batch: int, repeat: int) -> tuple[float, list[str]]:
-    """Seconds for all ``clips`` in batches of ``batch`` (the fastest of ``repeat`` runs), and the texts."""
-    best, texts = float("inf"), list[str]()
-    for _ in range(repeat):
-        started, texts = time.perf_counter(), []
-        for i in range(0, len(clips), batch):
-            texts += [t.text for t in model.transcribe(clips[i : i + batch])]
-        best = min(best, time.perf_counter() - started)
-    return best, texts
+def timed(model: SpeechModel, clips: list[Clip], batch: int) -> tuple[float, list[str]]:
+    """Seconds for all ``clips`` in batches of ``batch``, and the texts."""
+    started, texts = time.perf_counter(), []
+    for i in range(0, len(clips), batch):
+        texts += [t.text for t in model.transcribe(clips[i : i + batch])]
+    return time.perf_counter() - started, texts
 
 
 def machine() -> dict[str, Any]:
@@ -143,7 +142,7 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--backends", default="all", help=f"comma-separated of {', '.join(BACKENDS)}")
     parser.add_argument("--segments", type=int, default=8, help="clips per set (cycled)")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backends.json")
     args = parser.parse_args()
     names = list(BACKENDS) if args.backends == "all" else args.backends.split(",")
@@ -180,25 +179,42 @@ def main() -> int:
     )
     print(header, flush=True)
     print("-" * len(header), flush=True)
-    for name in names:
-        backend = BACKENDS[name]
-        for threads in threads_list:
+    for threads in threads_list:
+        models: dict[str, SpeechModel] = {}
+        for name in names:
             try:
-                model = backend.load(threads)
-                model.transcribe(sets["espeak"][0][: max(batches)])  # warm-up, at the largest batch
+                models[name] = BACKENDS[name].load(threads)
+                torch.set_num_threads(threads)
+                models[name].transcribe(sets["espeak"][0][: max(batches)])  # warm-up, at the largest batch
             except Exception as exc:  # optional backends (torch dynamic quantization) may not work
                 report["skipped"][name] = f"{type(exc).__name__}: {exc}"
                 print(f"{name}: skipped ({type(exc).__name__}: {exc})", flush=True)
-                break
-            for batch in batches:
+                models.pop(name, None)
+        for batch in batches:
+            # Interleaved: each repeat runs every backend once, so other work on the machine falls
+            # on all of them alike; the fastest repeat counts.
+            best: dict[tuple[str, str], tuple[float, list[str]]] = {}
+            load = os.getloadavg()[0]
+            for _ in range(args.repeat):
+                for name, model in models.items():
+                    torch.set_num_threads(threads)  # torch's pool is global; CTranslate2's is per model
+                    for set_name, (clips, _, _) in sets.items():
+                        seconds, texts = timed(model, clips, batch)
+                        if seconds < best.get((name, set_name), (float("inf"), []))[0]:
+                            best[name, set_name] = seconds, texts
+            load = max(load, os.getloadavg()[0])
+            reference: list[str] | None = None
+            for name in sorted(models, key=lambda n: n != "transformers"):  # the reference first
+                backend = BACKENDS[name]
                 row: dict[str, Any] = {
                     "backend": backend.name,
                     "compute": backend.compute,
                     "batch": batch,
                     "threads": threads,
+                    "load_average_1min": round(load, 2),  # others' work on this machine meanwhile
                 }
                 for set_name, (clips, refs, distinct) in sets.items():
-                    seconds, texts = timed(model, clips, batch, args.repeat)
+                    seconds, texts = best[name, set_name]
                     audio = sum(len(c) for c in clips) / RATE
                     texts = texts[:distinct]
                     row[set_name] = {
@@ -208,16 +224,9 @@ def main() -> int:
                     }
                     if refs is not None:  # each distinct clip once
                         row[set_name]["wer"] = round(wer(" ".join(refs[: len(texts)]), " ".join(texts)), 3)
-                reference = next(
-                    (
-                        r["hindi"]["texts"]
-                        for r in report["rows"]
-                        if (r["backend"], r["compute"], r["batch"], r["threads"])
-                        == ("transformers", "float32", batch, threads)
-                    ),
-                    None,
-                )
-                if reference is not None:  # no references for Hindi: how far from the reference backend
+                if name == "transformers":
+                    reference = row["hindi"]["texts"]
+                elif reference is not None:  # no references for Hindi: how far from the reference backend
                     row["hindi"]["wer_vs_reference"] = round(
                         wer(" ".join(reference), " ".join(row["hindi"]["texts"])), 3
                     )
@@ -229,7 +238,7 @@ def main() -> int:
                     f"{h['s_per_segment']:>11.3f} {h['rtf']:>5.2f} {h.get('wer_vs_reference', '-'):>6}",
                     flush=True,
                 )
-            del model
+        del models
     report["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

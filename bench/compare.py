@@ -296,6 +296,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def busy_seconds() -> float:
+    """CPU time the whole machine has been busy (all cores, every process: ours and others')."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 class Probe:
     """CPU time of processes and /metrics of ports, at the start and end of the steady window."""
 
@@ -305,6 +313,7 @@ class Probe:
 
     def mark(self) -> None:
         cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        cpu["all processes"] = busy_seconds()
         self.marks.append((time.time(), cpu, {name: scrape(port) for name, port in self.ports.items()}))
 
     async def at(self, *when: float) -> None:
@@ -313,8 +322,11 @@ class Probe:
             await asyncio.to_thread(self.mark)
 
     def cores(self) -> dict[str, float]:
+        """Cores each process used in the window, and what other processes on the machine used."""
         (t1, a, _), (t2, b, _) = self.marks[:2]
-        return {name: round((b[name] - a[name]) / (t2 - t1), 3) for name in a}
+        out = {name: round((b[name] - a[name]) / (t2 - t1), 3) for name in a}
+        out["others"] = round(out.pop("all processes") - sum(out.values()), 3)
+        return out
 
     def delta(self, port: str, metric: str) -> float:
         return self.marks[1][2][port].get(metric, 0.0) - self.marks[0][2][port].get(metric, 0.0)
@@ -560,14 +572,18 @@ def bare(stream: Stream, args: argparse.Namespace) -> dict[str, Any]:
     speech = sum(overlap((c.start, c.end), stream.utterances[c.utterance]) for c in cuts)
     audio = sum(len(clip) / RATE for clip in clips)
     out: dict[str, Any] = {"segments": len(clips), "repeats": args.bare_repeats}
-    for batch in sorted({1, args.max_batch}):
+    for batch in sorted({args.max_batch, *(int(x) for x in args.bare_batches.split(","))}):
+        probe = Probe({"bare": os.getpid()}, {})
+        probe.mark()
         started, texts = time.perf_counter(), []
         for _ in range(args.bare_repeats):
             for i in range(0, len(clips), batch):
                 texts += [t.text for t in model.transcribe(clips[i : i + batch])]
         took = time.perf_counter() - started
+        probe.mark()
         out[f"batch_{batch}"] = {
             "seconds": round(took, 2),
+            "cpu_cores": probe.cores(),
             "throughput_speech_per_s": round(speech * args.bare_repeats / took, 3),
             "throughput_audio_per_s": round(audio * args.bare_repeats / took, 3),
             "wer": round(
@@ -719,6 +735,7 @@ def main() -> int:
     )
     parser.add_argument("--model-id", default=str(MODEL_DIR))
     parser.add_argument("--bare-repeats", type=int, default=2)
+    parser.add_argument("--bare-batches", default="1,4", help="batch sizes for the bare model")
     parser.add_argument("--ramp", default="50,100,200,300,400", help="session counts for the ingest alone")
     parser.add_argument("--ramp-seconds", type=float, default=30.0)
     parser.add_argument("--sender-groups", type=int, default=10, help="load generator tasks in the ramp")
@@ -768,9 +785,14 @@ def f2(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def others(metrics: dict[str, Any]) -> str:
+    """Cores other processes on the machine used meanwhile: the noise in a row."""
+    return f2(metrics.get("cpu_cores", {}).get("others"))
+
+
 def table(report: dict[str, Any]) -> str:
     head = ["design", "sess", "e2e p50", "p95", "p99", "hang", "queue", "model", "ovh p50", "ovh p99"]
-    head += ["speech/s", "offered", "answered"]
+    head += ["speech/s", "offered", "answered", "others"]
     rows = ["  ".join(f"{h:>8}" for h in head)]
     for design in ("ours", "seed"):
         for n, r in report.get(design, {}).items():
@@ -779,16 +801,17 @@ def table(report: dict[str, Any]) -> str:
             cells += [f2(p[k]["p50"]) for k in ("hangover", "queue_wait", "model")]
             cells += [ms(p["overhead"]["p50"]), ms(p["overhead"]["p99"])]
             cells += [f2(r["throughput_speech_per_s"]), f2(r["offered_speech_per_s"])]
-            cells += [f"{r['answered']}/{r['utterances']}"]
+            cells += [f"{r['answered']}/{r['utterances']}", others(r.get("metrics", {}))]
             rows.append("  ".join(f"{c:>8}" for c in cells))
     for k, v in report.get("bare", {}).items():
         if k.startswith("batch_"):
             cells = ["bare", k.replace("batch_", "batch "), *[""] * 8, f2(v["throughput_speech_per_s"])]
+            cells += ["", "", others(v)]
             rows.append("  ".join(f"{c:>8}" for c in cells))
     steps = report.get("ingest", {}).get("steps", {})
     if steps:
         head = ["ingest", "sess", "lag p50", "lag p99", "ovh p50", "ovh p99", "ovh+q p99", "cl.lag99"]
-        head += ["cores", "%cpu/ses"]
+        head += ["cores", "%cpu/ses", "others"]
         rows += ["", "  ".join(f"{h:>8}" for h in [*head, "carried"])]
         for n, r in steps.items():
             p = r["parts_s"]
@@ -798,6 +821,7 @@ def table(report: dict[str, Any]) -> str:
             cells += [
                 f2(r["metrics"].get("cpu_cores", {}).get("ingest")),
                 f2(r["ingest_cpu_per_session_pct"]),
+                others(r["metrics"]),
             ]
             rows.append("  ".join(f"{c:>8}" for c in [*cells, str(r["carried"])]))
     rows.append("")

@@ -15,7 +15,7 @@ from services.keys import model_name
 
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
 # See the comment on Worker._read_batch for how this was chosen.
-DEFAULT_BATCH_WAIT_MS = 20
+DEFAULT_BATCH_WAIT_MS = 10
 
 
 def non_negative_int(raw: str) -> int:

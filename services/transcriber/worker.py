@@ -124,12 +124,12 @@ class Worker:
         ``batch_wait_ms`` so that segments of sessions that stop talking at about the same time
         share one batch.
 
-        Default 20 ms, measured with bench/backends.py on the 2-core CPU: there a batch of 4
-        costs about as much per segment as 4 segments one by one (the encoder's work grows with
-        the batch; batching saves little), so a longer wait would only add latency. 20 ms is
-        ~2-5 % of one segment's model time and still catches what arrives together (a backlog,
-        several sessions ending at once). On a GPU a batch of 4-16 costs little more than 1:
-        raise it there (e.g. 50 ms) when many sessions share a transcriber.
+        Default 10 ms, from bench/backends.py on the 2-core CPU: there a batch costs about as
+        much per segment as its segments one by one (whisper-base, 2 threads, s/segment at batch
+        1/4/8: CTranslate2 int8 0.80/0.78/0.81, transformers fp32 1.09/0.99/0.95), so waiting
+        for a batch to fill buys little throughput and costs latency; 10 ms is ~1 % of one
+        segment's model time. Under load a backlog fills batches without any wait. On a GPU a
+        batch of 4-16 costs little more than one segment: raise it there (say 30-50 ms).
         """
         max_batch = self.config.max_batch
         reply: Any = await self.redis.xreadgroup(
