@@ -135,6 +135,18 @@ class Segmenter:
     def in_speech(self) -> bool:
         return self._speech is not None
 
+    @property
+    def trailing_silence(self) -> float:
+        """Seconds of unvoiced frames at the end of the open segment (0 when none is open)."""
+        if self._speech is None:
+            return 0.0
+        run = 0
+        for voiced in reversed(self._trail):
+            if voiced:
+                break
+            run += 1
+        return self._seconds(run)
+
     def open_pcm(self) -> tuple[float, bytes]:
         """Start time and audio so far of the segment being spoken (``b""`` when none)."""
         if self._speech is None:

@@ -44,6 +44,7 @@ log = logging.getLogger("ingest.session")
 
 # Interim requests are cheap to lose: the stream keeps only the newest few hundred.
 INTERIM_MAXLEN = 200
+INTERIM_PAUSE_S = 0.15
 
 
 class ClientGone(Exception):
@@ -142,6 +143,10 @@ class Session:
         start, pcm = self.segmenter.open_pcm()
         position = self.segmenter.position
         if not pcm or position - max(start, self.last_interim) < self.config.interim_ms / 1000:
+            return
+        if self.segmenter.trailing_silence >= INTERIM_PAUSE_S:
+            # The speaker paused: the segment may be about to end, and an interim still
+            # running then would hold its final back. Wait for speech to resume.
             return
         self.last_interim = position
         now = time.time()
