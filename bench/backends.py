@@ -119,6 +119,11 @@ def timed(model: SpeechModel, clips: list[Clip], batch: int) -> tuple[float, lis
     return time.perf_counter() - started, texts
 
 
+def write(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with open("/proc/cpuinfo") as f:
@@ -238,10 +243,10 @@ def main() -> int:
                     f"{h['s_per_segment']:>11.3f} {h['rtf']:>5.2f} {h.get('wer_vs_reference', '-'):>6}",
                     flush=True,
                 )
+            write(args.out, report)  # after every group: a run cut short keeps what it measured
         del models
     report["load_average_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write(args.out, report)
     start, end = report["load_average_start"][0], report["load_average_end"][0]
     print(f"load average {start:.1f} at start, {end:.1f} at end")
     print(f"wrote {args.out}")
