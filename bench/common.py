@@ -33,6 +33,7 @@ class Session:
     pcm: bytes | memoryview = field(repr=False)
     rate: int
     chunk_ms: int = 20
+    interim: bool = False  # ask for partial results (?interim=1)
     started: float = 0.0  # monotonic time the first frame was due
     sent: list[float] = field(default_factory=list, repr=False)  # monotonic time each frame left
     events: list[Received] = field(default_factory=list, repr=False)
@@ -67,7 +68,8 @@ class Session:
         ``TimeoutError`` when ``done`` is not there ``done_timeout`` s after end of audio; what
         came before stays recorded either way.
         """
-        async with connect(f"{self.uri}/?sample_rate={self.rate}") as ws:
+        query = f"sample_rate={self.rate}" + ("&interim=1" if self.interim else "")
+        async with connect(f"{self.uri}/?{query}") as ws:
             self.started = time.monotonic()
             async with asyncio.timeout(None) as deadline:
                 sender = asyncio.create_task(self._send(ws, deadline, done_timeout))
@@ -97,9 +99,9 @@ class Session:
         deadline.reschedule(asyncio.get_running_loop().time() + done_timeout)
 
 
-async def stream_real_time(uri: str, stream: Stream, chunk_ms: int) -> Session:
+async def stream_real_time(uri: str, stream: Stream, chunk_ms: int, interim: bool = False) -> Session:
     """Send ``stream`` paced by the wall clock in ``chunk_ms`` frames; return the finished session."""
-    session = Session(uri, stream.pcm, stream.rate, chunk_ms)
+    session = Session(uri, stream.pcm, stream.rate, chunk_ms, interim)
     await session.run()
     return session
 

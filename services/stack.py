@@ -7,8 +7,10 @@ in their own sessions so that a terminal's Ctrl-C reaches only this process,
 which then stops them in order: ingest, transcribers, Redis.
 
 Environment: ``MODEL_ID`` (default ``models/whisper-base``), ``DEVICE`` (auto),
-``PORT`` (8000), ``TRANSCRIBERS`` (1), ``REDIS_URL``; the services read the rest
-of their settings from their own environment variables (see their ``--help``).
+``PORT`` (8000), ``TRANSCRIBERS`` (1), ``INTERIM_TRANSCRIBERS`` (1: partial results
+get their own transcriber at nice 19; 0: the transcribers serve them between
+finals), ``REDIS_URL``; the services read the rest of their settings from their
+own environment variables (see their ``--help``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from services.keys import model_name
 
 STOP_GRACE_S = 15.0
-# The ingest serves /metrics on 9100; transcriber n (from 0) on 9101 + n.
+# The ingest serves /metrics on 9100; transcriber n (from 0, interim ones last) on 9101 + n.
 TRANSCRIBER_METRICS_PORT = 9101
 
 
@@ -35,6 +37,7 @@ class StackConfig:
     device: str
     port: int
     transcribers: int
+    interim_transcribers: int
     redis_url: str | None
 
     @classmethod
@@ -42,15 +45,19 @@ class StackConfig:
         try:
             port = int(os.environ.get("PORT", "8000"))
             transcribers = int(os.environ.get("TRANSCRIBERS", "1"))
+            interim_transcribers = int(os.environ.get("INTERIM_TRANSCRIBERS", "1"))
         except ValueError as exc:
-            raise SystemExit(f"error: PORT and TRANSCRIBERS must be integers ({exc})") from None
-        if transcribers < 1:
-            raise SystemExit("error: TRANSCRIBERS must be at least 1")
+            raise SystemExit(
+                f"error: PORT, TRANSCRIBERS and INTERIM_TRANSCRIBERS must be integers ({exc})"
+            ) from None
+        if transcribers < 1 or interim_transcribers < 0:
+            raise SystemExit("error: TRANSCRIBERS must be at least 1, INTERIM_TRANSCRIBERS at least 0")
         return cls(
             model_id=os.environ.get("MODEL_ID", "models/whisper-base"),
             device=os.environ.get("DEVICE", "auto"),
             port=port,
             transcribers=transcribers,
+            interim_transcribers=interim_transcribers,
             redis_url=os.environ.get("REDIS_URL") or None,
         )
 
@@ -121,7 +128,9 @@ def main() -> int:
         env = {**os.environ, "REDIS_URL": redis_url}
         threads = max(1, (os.cpu_count() or 1) // config.transcribers)
         env.setdefault("TORCH_THREADS", str(threads))
-        for n in range(config.transcribers):
+        roles = ["finals" if config.interim_transcribers else "all"] * config.transcribers
+        roles += ["interims"] * config.interim_transcribers
+        for n, role in enumerate(roles):
             cmd = [
                 python,
                 "-m",
@@ -132,8 +141,10 @@ def main() -> int:
                 config.device,
                 "--metrics-port",
                 str(TRANSCRIBER_METRICS_PORT + n),
+                "--role",
+                role,
             ]
-            children[f"transcriber {n + 1}"] = subprocess.Popen(cmd, env=env, start_new_session=True)
+            children[f"transcriber {n + 1} ({role})"] = subprocess.Popen(cmd, env=env, start_new_session=True)
         ingest_cmd = [
             python, "-m", "services.ingest", "--port", str(config.port),
             "--default-model", model_name(config.model_id),
@@ -143,7 +154,8 @@ def main() -> int:
         uri = f"ws://localhost:{config.port}"
         print(
             f"\n  Streaming speech-to-text at {uri}  (model {model_name(config.model_id)}, "
-            f"{config.transcribers} transcriber(s), Redis {redis_url})\n"
+            f"{config.transcribers} transcriber(s) + {config.interim_transcribers} for partials, "
+            f"Redis {redis_url})\n"
             f"  Try: {python} clients/client_file.py --uri {uri} --wav-path audio.wav\n"
             "  Ctrl-C stops everything.\n",
             flush=True,

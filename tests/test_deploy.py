@@ -26,8 +26,8 @@ GPU = "docker-compose.gpu.yml"
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
-APP_SERVICES = ("ingest", "transcriber", "transcriber-prime")
-TRANSCRIBERS = ("transcriber", "transcriber-prime")
+APP_SERVICES = ("ingest", "transcriber", "transcriber-interim", "transcriber-prime")
+TRANSCRIBERS = ("transcriber", "transcriber-interim", "transcriber-prime")
 
 
 def compose_binary() -> Path:
@@ -96,7 +96,7 @@ def test_compose_files_render_and_match_the_compose_spec_schema(which: str) -> N
     validator = jsonschema.Draft7Validator(compose_schema())
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(rendered)]
     assert not errors, "\n".join(errors)
-    expected = {"redis", "ingest", "transcriber", "prometheus", "grafana"}
+    expected = {"redis", "ingest", "transcriber", "transcriber-interim", "prometheus", "grafana"}
     assert set(rendered["services"]) == expected | ({"transcriber-prime"} if profile else set())
 
 
@@ -126,6 +126,11 @@ def test_cpu_stack_shape() -> None:
     assert services["transcriber"]["environment"]["MODEL_ID"] == "Oriserve/Whisper-Hindi2Hinglish-Swift"
     assert services["transcriber-prime"]["environment"]["MODEL_ID"] == "Oriserve/Whisper-Hindi2Hinglish-Prime"
     assert services["transcriber-prime"]["profiles"] == ["prime"]
+    # Swift's finals and partials are served by two pools; Prime's transcribers serve both.
+    roles = {name: services[name]["environment"].get("ROLE") for name in TRANSCRIBERS}
+    assert roles == {"transcriber": "finals", "transcriber-interim": "interims", "transcriber-prime": None}
+    swift = services["transcriber"]["environment"]["MODEL_ID"]
+    assert services["transcriber-interim"]["environment"]["MODEL_ID"] == swift
     assert services["ingest"]["environment"]["METRICS_PORT"] == "9100"
     assert "hf-cache" in render(BASE)["volumes"]
     for name, service in services.items():
@@ -151,7 +156,7 @@ def test_cpu_stack_shape() -> None:
 @pytest.mark.parametrize("profile", ["", "prime"])
 def test_gpu_override_keeps_the_device_reservation(profile: str) -> None:
     services = render(BASE, GPU, profile=profile)["services"]
-    for name in TRANSCRIBERS if profile else ("transcriber",):
+    for name in TRANSCRIBERS if profile else ("transcriber", "transcriber-interim"):
         transcriber = services[name]
         devices = transcriber["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}], devices
@@ -172,7 +177,11 @@ def test_pool_sizes_and_grafana_password_come_from_the_environment() -> None:
     services = render(BASE, GPU, profile="prime", env=env)["services"]
     assert services["transcriber"]["deploy"]["replicas"] == 3
     assert services["transcriber-prime"]["deploy"]["replicas"] == 2
+    assert services["transcriber-interim"]["deploy"]["replicas"] == 1
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+    services = render(BASE, env=(("INTERIM_TRANSCRIBERS", "0"), ("TRANSCRIBER_ROLE", "all")))["services"]
+    assert services["transcriber-interim"]["deploy"]["replicas"] == 0
+    assert services["transcriber"]["environment"]["ROLE"] == "all"
 
 
 # --- Prometheus -------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ import torch
 
 from services.config import setup_logging
 from services.metrics import MetricsPortError
-from services.transcriber.config import ConfigError, TranscriberConfig, parse_args
+from services.transcriber.config import INTERIM_NICE, ConfigError, TranscriberConfig, parse_args
 from services.transcriber.ct2_model import CTranslate2Model
 from services.transcriber.model import ModelLoadError, WhisperModel
 from services.transcriber.worker import run
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+    if config.role == "interims":
+        os.nice(INTERIM_NICE)  # before the model's threads start: they inherit it
     try:
         model = load_model(config)
     except ModelLoadError as exc:

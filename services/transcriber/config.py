@@ -16,6 +16,10 @@ from services.keys import model_name
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
 # See the comment on Worker._read_batch for how this was chosen.
 DEFAULT_BATCH_WAIT_MS = 10
+ROLES = ("all", "finals", "interims")
+# An interims-only transcriber's niceness: when it shares the CPU with a finals transcriber,
+# Linux gives it about 1/70 of the other's share (CFS weights 15 vs 1024) while both are busy.
+INTERIM_NICE = 19
 
 
 def non_negative_int(raw: str) -> int:
@@ -34,6 +38,7 @@ class TranscriberConfig:
     redis_url: str
     model_id: str
     name: str  # the pool (and stream) this transcriber serves
+    role: str  # "all", "finals" or "interims": which of the pool's two streams it reads
     backend: str  # "transformers" (the reference) or "ctranslate2"
     device: str
     dtype: str  # transformers weights precision
@@ -118,6 +123,15 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         "else the directory name or Hub id)",
     )
     parser.env_flag(
+        "--role",
+        "ROLE",
+        "all",
+        "which requests to serve: all (finals first, interims when no final waits), finals, or "
+        f"interims (at OS priority nice +{INTERIM_NICE}, so that it never slows a finals transcriber "
+        "on the same CPU)",
+        choices=list(ROLES),
+    )
+    parser.env_flag(
         "--backend",
         "BACKEND",
         "transformers",
@@ -186,6 +200,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         redis_url=args.redis_url,
         model_id=args.model_id,
         name=model_name(args.serve_as or args.model_id),
+        role=args.role,
         backend=args.backend,
         device=device,
         dtype=dtype,

@@ -61,12 +61,24 @@ class Worker:
         self.stream = keys.segment_stream(config.name)
         self.interim = keys.interim_stream(config.name)
         self.dead = keys.dead_letter_stream(config.name)
+        # The streams each round reads, by role; finals first.
+        served = [stream for stream in (self.stream, self.interim) if self._serves(stream)]
+        self.reads: dict[Any, Any] = dict.fromkeys(served, ">")
+
+    def _serves(self, stream: str) -> bool:
+        return self.config.role == "all" or (self.config.role == "interims") == (stream == self.interim)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_groups()
         async with asyncio.TaskGroup() as tasks:
             heartbeat = tasks.create_task(self._heartbeat())
-            log.info("consumer %s serving %r from %s", self.config.consumer, self.config.name, self.stream)
+            log.info(
+                "consumer %s serving %r (%s) from %s",
+                self.config.consumer,
+                self.config.name,
+                self.config.role,
+                ", ".join(self.reads),
+            )
             backoff = Backoff()
             while not stop.is_set():
                 try:
@@ -90,7 +102,9 @@ class Worker:
         """Keep the pool's alive key fresh and the backlog gauges current."""
         while True:
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                await self.redis.set(keys.alive_key(self.config.name), self.config.consumer, px=ALIVE_TTL_MS)
+                if self._serves(self.stream):  # the ingest refuses sessions while no one serves finals
+                    alive = keys.alive_key(self.config.name)
+                    await self.redis.set(alive, self.config.consumer, px=ALIVE_TTL_MS)
                 self.metrics.stream_length.labels(self.config.name).set(await self.redis.xlen(self.stream))
                 summary: Any = await self.redis.xpending(self.stream, keys.GROUP)
                 self.metrics.stream_pending.labels(self.config.name).set(summary["pending"])
@@ -99,18 +113,19 @@ class Worker:
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _round(self) -> None:
-        claimed: Any = await self.redis.xautoclaim(
-            self.stream,
-            keys.GROUP,
-            self.config.consumer,
-            min_idle_time=self.config.claim_idle_ms,
-            start_id="0-0",
-            count=self.config.max_batch,
-        )
-        entries: list[RawEntry] = [e for e in claimed[1] if e[1]]  # deleted entries come back empty
-        if entries:
-            await self._process(await self._retire_exhausted(entries))
-            return
+        if self.config.role != "interims":
+            claimed: Any = await self.redis.xautoclaim(
+                self.stream,
+                keys.GROUP,
+                self.config.consumer,
+                min_idle_time=self.config.claim_idle_ms,
+                start_id="0-0",
+                count=self.config.max_batch,
+            )
+            entries: list[RawEntry] = [e for e in claimed[1] if e[1]]  # deleted entries come back empty
+            if entries:
+                await self._process(await self._retire_exhausted(entries))
+                return
         finals, interims = await self._read_batch()
         if finals:
             await self._process(finals)
@@ -135,7 +150,7 @@ class Worker:
         reply: Any = await self.redis.xreadgroup(
             keys.GROUP,
             self.config.consumer,
-            {self.stream: ">", self.interim: ">"},
+            self.reads,
             count=max_batch,
             block=BLOCK_MS,
         )

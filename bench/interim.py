@@ -1,0 +1,110 @@
+"""Final latency with partial results off and on, for the two ways of serving interims.
+
+Starts a real redis-server, one ingest and whisper-base transcribers in one of two layouts:
+
+- ``shared``: one transcriber (``--role all``) serves finals first and interims when no final
+  waits; an interim already running when a segment ends holds its final back;
+- ``split``: one ``--role finals`` transcriber and one ``--role interims`` transcriber at nice 19
+  (what ``make run`` and Compose start), so interims only get the CPU the finals leave.
+
+In each layout one client streams long espeak-ng sentences (about 9 s, 3 s and 9 s) at real-time
+pace, ``--repeats`` times with interims off and on alternately, and the end-of-speech -> text
+latency of every sentence's final is timed at the client.
+
+    .venv/bin/python -m bench.interim [--repeats 3] [--out bench/results/interim.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import match_finals, stream_real_time
+from tests.helpers import ROOT, LocalStack, Speech, Stream, alive, wait_until
+
+LAYOUTS = ("shared", "split")
+
+
+def start(layout: str, workdir: Path) -> LocalStack:
+    if layout == "shared":
+        return LocalStack(workdir)
+    stack = LocalStack(workdir, transcriber_flags=("--role", "finals"))
+    stack.transcribers.append(stack.start_transcriber("--role", "interims"))
+    # Only a finals transcriber marks the pool alive: wait for the interims one's first log line.
+    wait_until(lambda: "serving" in stack.transcribers[-1].log, 120, "the interims transcriber")
+    return stack
+
+
+def one_run(uri: str, stream: Stream, interim: bool) -> dict[str, Any]:
+    session = asyncio.run(stream_real_time(uri, stream, 20, interim))
+    mine, _ = match_finals(session.finals, stream.utterances)
+    ends = [end for _, end in stream.utterances]
+    latencies = [got[-1].at - session.sent_at(end) for end, got in zip(ends, mine, strict=True) if got]
+    return {
+        "eos_to_text_s": [round(x, 3) for x in latencies],
+        "partials": sum(r.event["type"] == "partial" for r in session.events),
+        "texts": [r.event["text"] for r in session.finals],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "interim.json")
+    args = parser.parse_args()
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": ".venv/bin/python -m bench.interim",
+        "model": "whisper-base (transformers, fp32, CPU)",
+        "layouts": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        stream = Speech(workdir).stream(16000, (5, 0, 5))
+        for layout in args.layouts.split(","):
+            stack = start(layout, workdir)
+            try:
+                assert alive(stack.redis_url, stack.name)
+                runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+                for _ in range(args.repeats):
+                    for mode in ("off", "on"):
+                        runs[mode].append(one_run(stack.uri, stream, mode == "on"))
+            finally:
+                stack.stop()
+            result: dict[str, Any] = {"runs": runs}
+            for mode in ("off", "on"):
+                every = [x for run in runs[mode] for x in run["eos_to_text_s"]]
+                result[mode] = {
+                    "mean_s": round(statistics.mean(every), 3),
+                    "median_s": round(statistics.median(every), 3),
+                    "max_s": max(every),
+                    "partials_per_run": statistics.mean(run["partials"] for run in runs[mode]),
+                }
+            result["same_finals"] = all(
+                a["texts"] == b["texts"] for a, b in zip(runs["off"], runs["on"], strict=True)
+            )
+            result["extra_mean_s"] = round(result["on"]["mean_s"] - result["off"]["mean_s"], 3)
+            report["layouts"][layout] = result
+            print(
+                f"{layout:6s}: final latency mean {result['off']['mean_s']:.2f} s without partials, "
+                f"{result['on']['mean_s']:.2f} s with "
+                f"({result['on']['partials_per_run']:.0f} partials a run): "
+                f"{result['extra_mean_s']:+.2f} s; max {result['off']['max_s']:.2f} / "
+                f"{result['on']['max_s']:.2f} s; same finals: {result['same_finals']}",
+                flush=True,
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
