@@ -28,12 +28,21 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
+REDIS_POOL_SIZE = 64
+REDIS_POOL_WAIT_S = 10.0
+
+
 async def connect_redis(url: str, stop: asyncio.Event, max_wait: float = 30.0) -> redis.Redis:
     """Connect to Redis, retrying with backoff for up to ``max_wait`` seconds.
 
     Raises ``redis.ConnectionError`` when Redis stays unreachable.
     """
-    client = redis.Redis.from_url(url, health_check_interval=10)
+    # A blocking pool: when every connection is busy (hundreds of sessions enqueueing at once) a
+    # command waits for one, where redis-py's default pool (100, no waiting) raises.
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S, health_check_interval=10
+    )
+    client = redis.Redis.from_pool(pool)
     deadline = asyncio.get_running_loop().time() + max_wait
     backoff = Backoff()
     while True:

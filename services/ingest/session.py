@@ -97,17 +97,29 @@ class Session:
         raise ClientGone()
 
     async def _receive(self) -> None:
+        idle_timeout = self.config.idle_timeout
+        try:
+            # One timer rescheduled per frame: asyncio.wait_for would cost a task per frame.
+            async with asyncio.timeout(None) as idle:
+                await self._receive_audio(idle)
+        except TimeoutError:
+            if not idle.expired():
+                raise
+            raise ProtocolError("idle_timeout", f"no data for {idle_timeout:g} s") from None
+
+    async def _receive_audio(self, idle: asyncio.Timeout) -> NoReturn:
         config = self.config
+        loop = asyncio.get_running_loop()
         opened = time.monotonic()
         while True:
+            idle.reschedule(loop.time() + config.idle_timeout)
             try:
-                message = await asyncio.wait_for(self.ws.recv(), config.idle_timeout)
-            except TimeoutError:
-                raise ProtocolError("idle_timeout", f"no data for {config.idle_timeout:g} s") from None
+                message = await self.ws.recv()
             except ConnectionClosedOK:
                 raise ClientGone() from None
             if isinstance(message, str):
                 parse_text(message)  # the only client message is end of audio
+                idle.reschedule(None)
                 await self._end_of_audio()
                 await self._watch_after_eof()
             if len(message) > config.max_frame_bytes:
@@ -128,6 +140,7 @@ class Session:
                     "session_too_long",
                     f"sessions are limited to {config.max_session_s:g} s; reconnect to go on",
                 )
+                idle.reschedule(None)
                 await self._end_of_audio()
                 await self._watch_after_eof()
 
