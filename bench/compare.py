@@ -726,14 +726,14 @@ def main() -> int:
         "--grace", type=float, default=20.0, help="wait this long after the audio for answers"
     )
     parser.add_argument("--transcribers", type=int, default=1)
-    parser.add_argument("--max-batch", type=int, default=1, help="our transcribers' --max-batch")
+    parser.add_argument("--max-batch", type=int, default=8, help="our transcribers' --max-batch")
     parser.add_argument(
         "--transcriber-arg", action="append", default=[], help="more flags for our transcribers"
     )
     parser.add_argument("--model-id", default=str(MODEL_DIR))
     parser.add_argument("--bare-repeats", type=int, default=2)
     parser.add_argument("--bare-batches", default="1,4", help="batch sizes for the bare model")
-    parser.add_argument("--ramp", default="50,100,200,300,400", help="session counts for the ingest alone")
+    parser.add_argument("--ramp", default="50,200,300,400,500,600", help="session counts for the ingest alone")
     parser.add_argument("--ramp-seconds", type=float, default=30.0)
     parser.add_argument("--sender-groups", type=int, default=10, help="load generator tasks in the ramp")
     parser.add_argument("--parts", default="bare,ours,seed,ingest")

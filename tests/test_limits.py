@@ -3,6 +3,7 @@ code (or HTTP status at the handshake) while a normal session on the same ingest
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -16,11 +17,13 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from services import keys
+from services.lifecycle import REDIS_POOL_SIZE, connect_redis
 from tests.helpers import LocalStack, Proc, Speech, finals, run_client, start_ingest, wer
 
 
@@ -182,3 +185,32 @@ def test_api_keys_and_allowed_origins(ingests: Callable[..., str]) -> None:
     assert refused.value.response.status_code == 403
     with connect(uri + "/?token=key-one", origin=Origin("https://good.example")) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+
+
+def test_a_burst_of_redis_commands_waits_for_a_connection_instead_of_failing(base_stack: LocalStack) -> None:
+    """Hundreds of sessions enqueueing at once: the services' Redis client (connect_redis) makes
+    the extra commands wait for one of its REDIS_POOL_SIZE connections; redis-py's default pool
+    raises "Too many connections" instead (checked, so this test is not vacuous)."""
+
+    async def burst(client: aioredis.Redis) -> list[Any]:
+        # Each BLPOP holds its connection for 50 ms: 300 of them need 300 at once.
+        return await asyncio.gather(*(client.blpop(["stt:test:nothing"], timeout=0.05) for _ in range(300)))
+
+    async def run() -> tuple[list[Any], int]:
+        client = await connect_redis(base_stack.redis_url, asyncio.Event())
+        try:
+            replies = await burst(client)
+            connections = len(await client.client_list())
+        finally:
+            await client.aclose()
+        default = aioredis.Redis.from_url(base_stack.redis_url)
+        try:
+            with pytest.raises(redis.ConnectionError, match="Too many connections"):
+                await burst(default)
+        finally:
+            await default.aclose()
+        return replies, connections
+
+    replies, connections = asyncio.run(run())
+    assert replies == [None] * 300
+    assert connections <= REDIS_POOL_SIZE + 10  # the pool's own, plus the stack's services

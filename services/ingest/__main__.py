@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,10 @@ from services.metrics import MetricsPortError
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level)
+    # Everything imported so far (numpy, scipy, websockets, redis: ~80k objects) lives as long as
+    # the process: keep it out of the collector's full passes, which otherwise stall the event
+    # loop for 30-60 ms every few seconds under load (bench/compare.py's ingest ramp, 300 sessions).
+    gc.freeze()
     try:
         asyncio.run(run(config))
     except (redis.ConnectionError, MetricsPortError) as exc:

@@ -92,8 +92,10 @@ class WhisperModel:
     def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
         if not batch:
             return []
+        # The log-mel STFT runs in torch on the model's device: on a GPU nothing of the hot path
+        # but the decoded text comes back to the CPU.
         features = self.processor.feature_extractor(
-            list(batch), sampling_rate=16000, return_tensors="pt"
+            list(batch), sampling_rate=16000, return_tensors="pt", device=self.device
         ).input_features.to(self.device, self.dtype)
         encoded = self.model.get_encoder()(features)
         first = torch.full((len(batch), 1), self.start_token, device=self.device)
