@@ -733,7 +733,7 @@ def main() -> int:
     parser.add_argument("--model-id", default=str(MODEL_DIR))
     parser.add_argument("--bare-repeats", type=int, default=2)
     parser.add_argument("--bare-batches", default="1,4", help="batch sizes for the bare model")
-    parser.add_argument("--ramp", default="50,200,300,400,500,600", help="session counts for the ingest alone")
+    parser.add_argument("--ramp", default="50,200,300,400,500,600", help="session counts, ingest alone")
     parser.add_argument("--ramp-seconds", type=float, default=30.0)
     parser.add_argument("--sender-groups", type=int, default=10, help="load generator tasks in the ramp")
     parser.add_argument("--parts", default="bare,ours,seed,ingest")
