@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import platform
 import tempfile
@@ -38,6 +37,7 @@ import torch
 import transformers
 from numpy.typing import NDArray
 
+from bench.common import write_report
 from services.transcriber.ct2_model import CTranslate2Model
 from services.transcriber.model import SpeechModel, WhisperModel
 from tests.helpers import ROOT, Speech, wer
@@ -117,11 +117,6 @@ def timed(model: SpeechModel, clips: list[Clip], batch: int) -> tuple[float, lis
     for i in range(0, len(clips), batch):
         texts += [t.text for t in model.transcribe(clips[i : i + batch])]
     return time.perf_counter() - started, texts
-
-
-def write(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def machine() -> dict[str, Any]:
@@ -243,10 +238,10 @@ def main() -> int:
                     f"{h['s_per_segment']:>11.3f} {h['rtf']:>5.2f} {h.get('wer_vs_reference', '-'):>6}",
                     flush=True,
                 )
-            write(args.out, report)  # after every group: a run cut short keeps what it measured
+            write_report(args.out, report)  # after every group: a run cut short keeps what it measured
         del models
     report["load_average_end"] = os.getloadavg()
-    write(args.out, report)
+    write_report(args.out, report)
     start, end = report["load_average_start"][0], report["load_average_end"][0]
     print(f"load average {start:.1f} at start, {end:.1f} at end")
     print(f"wrote {args.out}")

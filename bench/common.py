@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -124,3 +125,9 @@ def match_finals(
         else:
             mine[best].append(final)
     return mine, unmatched
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """A bench's JSON report at ``path``, its folder made if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -50,6 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.common import write_report
 from services import keys
 from services.protocol import SegmentResult
 from services.segmenter import Segment, Segmenter, SegmenterConfig
@@ -766,8 +767,7 @@ def main() -> int:
     report["wall_s"] = round(time.time() - started)
     report["verdicts"] = verdicts(report, args)
     print(table(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

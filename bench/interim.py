@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import match_finals, stream_real_time
+from bench.common import match_finals, stream_real_time, write_report
 from tests.helpers import ROOT, LocalStack, Speech, Stream, alive, wait_until
 
 LAYOUTS = ("shared", "split")
@@ -100,8 +99,7 @@ def main() -> int:
                 f"{result['on']['max_s']:.2f} s; same finals: {result['same_finals']}",
                 flush=True,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

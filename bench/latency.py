@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
-import json
 import statistics
 import tempfile
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import webrtcvad
 
-from bench.common import match_finals, stream_real_time
+from bench.common import match_finals, stream_real_time, write_report
 from tests.helpers import ROOT, LocalStack, Speech, Stream, start_ingest, wer
 
 HINDI = sorted(glob.glob(str(ROOT.parent / "shared/audio/oriserve-examples/*.wav")))
@@ -104,8 +103,7 @@ def main() -> int:
     runs = pauses_inside_speech(HINDI)
     report["hindi_pauses_ms"] = sorted(runs)
     print(f"pauses inside the {len(HINDI)} real Hindi clips (ms): {sorted(runs)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import re
 import shutil
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Session, match_finals
+from bench.common import Session, match_finals, write_report
 from tests.helpers import ROOT, LocalStack, Proc, Speech, Stream
 
 LATENCY_DRIFT = 1.5  # last full minute's p50 may be at most this times the first's
@@ -349,8 +348,7 @@ def main() -> int:
         "rss_samples_mib": run["samples"],
     }
     summary(result, judged, problems)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0 if judged["pass"] else 1
 
