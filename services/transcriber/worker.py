@@ -113,7 +113,7 @@ class Worker:
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _round(self) -> None:
-        if self.config.role != "interims":
+        if self._serves(self.stream):
             claimed: Any = await self.redis.xautoclaim(
                 self.stream,
                 keys.GROUP,
@@ -188,11 +188,7 @@ class Worker:
         entries = list(newest.values())
         listening = await self._listening({entry.job.session for entry in entries})
         entries = [entry for entry in entries if entry.job.session in listening]
-        results = {}
-        if entries:
-            fails = self.config.fail_segments
-            results = await asyncio.to_thread(transcribe, self.model, entries, fails, self.metrics)
-        await self._finish(self.interim, results, [entry_id for entry_id, _ in raw])
+        await self._finish(self.interim, await self._transcribe(entries), [entry_id for entry_id, _ in raw])
 
     async def _retire_exhausted(self, entries: list[RawEntry]) -> list[RawEntry]:
         """Dead-letter reclaimed entries delivered more than ``max_attempts`` times; return the rest."""
@@ -244,12 +240,16 @@ class Worker:
         if gone:
             log.info("skipped %d segment(s) of sessions whose client is gone", len(gone))
             self.metrics.skipped.labels(self.config.name).inc(len(gone))
-        results = {}
-        if entries:
-            fails = self.config.fail_segments
-            results = await asyncio.to_thread(transcribe, self.model, entries, fails, self.metrics)
+        results = await self._transcribe(entries)
         # A failed entry stays pending, to be reclaimed and retried.
         await self._finish(self.stream, results, gone + list(results))
+
+    async def _transcribe(self, entries: list[Entry]) -> dict[bytes, SegmentResult]:
+        """One batch through the model, off the event loop; failed entries are left out."""
+        if not entries:
+            return {}
+        fails = self.config.fail_segments
+        return await asyncio.to_thread(transcribe, self.model, entries, fails, self.metrics)
 
     async def _finish(self, stream: str, results: dict[bytes, SegmentResult], done: list[bytes]) -> None:
         """Publish the results, then acknowledge and delete the entries that are done."""
