@@ -2,7 +2,7 @@
 
 The same clips go through every backend: the five espeak-ng sentences of the tests (each cut out
 with 0.3 s of padding; WER against the text, normalised like ``tests.helpers.wer``) and the six real
-Hindi clips in ../shared/audio/oriserve-examples (no references: their "vs ref" is the WER of a
+Hindi clips in audio/oriserve-examples (no references: their "vs ref" is the WER of a
 backend's output against the transformers fp32 output at the same batch and threads, i.e. how far
 it drifts from the reference, not how right it is). Each set is cycled
 to ``--segments`` clips so every batch is full. Backends: transformers fp32 (``WhisperModel``, the
@@ -19,7 +19,6 @@ falls on all of them alike.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import platform
 import tempfile
@@ -40,9 +39,8 @@ from numpy.typing import NDArray
 from bench.common import write_report
 from services.transcriber.ct2_model import CTranslate2Model
 from services.transcriber.model import SpeechModel, WhisperModel
-from tests.helpers import ROOT, Speech, wer
+from tests.helpers import HINDI_CLIPS, ROOT, Speech, wer
 
-HINDI = sorted(glob.glob(str(ROOT.parent / "shared/audio/oriserve-examples/*.wav")))
 MODEL_DIR = ROOT / "models" / "whisper-base"
 CT2_DIR = ROOT / "models" / "whisper-base-ct2"
 PAD_S = 0.3
@@ -100,7 +98,7 @@ def espeak_clips(workdir: Path) -> tuple[list[Clip], list[str]]:
 
 def hindi_clips() -> list[Clip]:
     clips = []
-    for path in HINDI:
+    for path in HINDI_CLIPS:
         samples, rate = sf.read(path, dtype="float32")
         assert rate == RATE and samples.ndim == 1, f"{path}: expected 16 kHz mono"
         clips.append(samples)

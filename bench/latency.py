@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import statistics
 import tempfile
 import time
@@ -24,9 +23,7 @@ import soundfile as sf
 import webrtcvad
 
 from bench.common import match_finals, stream_real_time, write_report
-from tests.helpers import ROOT, LocalStack, Speech, Stream, start_ingest, wer
-
-HINDI = sorted(glob.glob(str(ROOT.parent / "shared/audio/oriserve-examples/*.wav")))
+from tests.helpers import HINDI_CLIPS, ROOT, LocalStack, Speech, Stream, start_ingest, wer
 
 
 def measure(uri: str, stream: Stream, chunk_ms: int) -> dict[str, Any]:
@@ -46,7 +43,7 @@ def measure(uri: str, stream: Stream, chunk_ms: int) -> dict[str, Any]:
     }
 
 
-def pauses_inside_speech(paths: list[str]) -> list[int]:
+def pauses_inside_speech(paths: list[Path]) -> list[int]:
     """Runs of non-speech frames (ms) between the first and last voiced frame of each clip."""
     vad = webrtcvad.Vad(3)
     runs: list[int] = []
@@ -100,9 +97,9 @@ def main() -> int:
                 )
         finally:
             stack.stop()
-    runs = pauses_inside_speech(HINDI)
+    runs = pauses_inside_speech(HINDI_CLIPS)
     report["hindi_pauses_ms"] = sorted(runs)
-    print(f"pauses inside the {len(HINDI)} real Hindi clips (ms): {sorted(runs)}")
+    print(f"pauses inside the {len(HINDI_CLIPS)} real Hindi clips (ms): {sorted(runs)}")
     write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0

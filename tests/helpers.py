@@ -20,6 +20,8 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "whisper-base"
+# Six real Hindi call-style clips (Apache-2.0, see its README): kept in the repository.
+HINDI_CLIPS = sorted((ROOT / "audio" / "oriserve-examples").glob("*.wav"))
 ESPEAK_RATE = 22050
 
 SENTENCES = (

@@ -5,7 +5,6 @@ Real processes (redis-server, ingest, transcriber), real WebSocket connections, 
 
 from __future__ import annotations
 
-import glob
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,11 +18,7 @@ from websockets.sync.client import connect
 
 from services.transcriber.guard import collapse_repeats
 from services.transcriber.model import max_new_tokens
-from tests.helpers import LocalStack, Speech, finals, run_client, wer, words
-
-HINDI_CLIPS = sorted(
-    glob.glob(str(Path(__file__).resolve().parents[2] / "shared/audio/oriserve-examples/*.wav"))
-)
+from tests.helpers import HINDI_CLIPS, LocalStack, Speech, finals, run_client, wer, words
 
 
 def check_transcript(events: list[dict[str, Any]], texts: tuple[str, ...], utterances: Any) -> float:
@@ -102,7 +97,7 @@ def test_silence_and_noise_give_no_transcript(base_stack: LocalStack, tmp_path: 
 
 def test_real_hindi_clips_never_run_away(base_stack: LocalStack, tmp_path: Path) -> None:
     """Plain whisper-base loops on one of these clips; the output stays bounded and loop-free."""
-    assert len(HINDI_CLIPS) == 6, "../shared/audio/oriserve-examples is missing"
+    assert len(HINDI_CLIPS) == 6, "audio/oriserve-examples is missing"
     gap = np.zeros(16000)
     parts = [gap]
     for clip in HINDI_CLIPS:
