@@ -47,6 +47,7 @@ class ResultRouter:
         self._confirm_timeout = confirm_timeout
         self._queues: dict[bytes, asyncio.Queue[bytes]] = {}
         self._confirmed: dict[bytes, asyncio.Event] = {}
+        self.connected = asyncio.Event()  # set while the subscriber connection is up
         self._stop = asyncio.Event()  # never set: the router runs until cancelled
 
     async def run(self) -> None:
@@ -59,6 +60,7 @@ class ResultRouter:
                     # A standing subscription keeps the connection open while no session is live.
                     await pubsub.subscribe(self._control)
                     self._pubsub = pubsub
+                    self.connected.set()
                     backoff.reset()
                     while True:
                         message = await pubsub.get_message(timeout=1.0)
@@ -66,6 +68,7 @@ class ResultRouter:
                             self._dispatch(message)
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                     self._pubsub = None
+                    self.connected.clear()
                     self._fail_sessions()
                     await backoff.wait(self._stop, f"result subscriber lost Redis ({exc})")
                 finally:
@@ -102,11 +105,15 @@ class ResultRouter:
     async def subscription(self, session: str) -> AsyncIterator[asyncio.Queue[bytes]]:
         """Subscribe to ``session``'s channel; yield its queue once Redis confirmed.
 
-        Raises ``redis.ConnectionError`` while the subscriber connection is down.
+        A session that opens while the subscriber connection is (re)connecting waits for it, up
+        to the confirmation timeout; then ``redis.ConnectionError`` is raised.
         """
+        try:
+            await asyncio.wait_for(self.connected.wait(), self._confirm_timeout)
+        except TimeoutError:
+            raise redis.ConnectionError("the result subscriber is reconnecting to Redis") from None
         pubsub = self._pubsub
-        if pubsub is None:
-            raise redis.ConnectionError("the result subscriber is reconnecting to Redis")
+        assert pubsub is not None
         channel = keys.result_channel(session).encode()
         queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_LIMIT)
         confirmed = asyncio.Event()

@@ -188,6 +188,16 @@ async def drain(server: Server, ingest: Ingest, grace: float) -> None:
     await server.wait_closed()
 
 
+async def wait_first(*events: asyncio.Event) -> None:
+    """Return as soon as one of ``events`` is set."""
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 async def run(config: IngestConfig) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -200,6 +210,8 @@ async def run(config: IngestConfig) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             routing = tasks.create_task(router.run())
+            # Listen only once results can be received: a session opened earlier would be refused.
+            await wait_first(router.connected, stop)
             async with serve(
                 ingest.handle,
                 config.host,
