@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import redis.asyncio as redis
-import torch
 
 from services import keys, metrics
 from services.lifecycle import Backoff, connect_redis, install_stop_signals
@@ -26,7 +25,7 @@ from services.metrics import TranscriberMetrics
 from services.protocol import SegmentJob, SegmentResult
 from services.transcriber.batch import Entry, transcribe
 from services.transcriber.config import TranscriberConfig
-from services.transcriber.model import SpeechModel
+from services.transcriber.interface import SpeechModel
 
 log = logging.getLogger("transcriber")
 
@@ -108,7 +107,9 @@ class Worker:
                 self.metrics.stream_length.labels(self.config.name).set(await self.redis.xlen(self.stream))
                 summary: Any = await self.redis.xpending(self.stream, keys.GROUP)
                 self.metrics.stream_pending.labels(self.config.name).set(summary["pending"])
-            if self.config.device == "cuda":
+            if self.config.device == "cuda" and self.config.backend == "transformers":
+                import torch  # loaded already by the transformers backend
+
                 self.metrics.gpu_memory.set(torch.cuda.memory_allocated())
             await asyncio.sleep(HEARTBEAT_S)
 
@@ -192,11 +193,13 @@ class Worker:
 
     async def _retire_exhausted(self, entries: list[RawEntry]) -> list[RawEntry]:
         """Dead-letter reclaimed entries delivered more than ``max_attempts`` times; return the rest."""
-        ids = [entry_id for entry_id, _ in entries]
-        pending: Any = await self.redis.xpending_range(
-            self.stream, keys.GROUP, min=min(ids), max=max(ids), count=len(ids) * 4
-        )
-        deliveries = {p["message_id"]: p["times_delivered"] for p in pending}
+        # One exact XPENDING per entry: a range from the smallest to the largest id would also
+        # list other consumers' entries in between, and could be cut short by its count.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in entries:
+                pipe.xpending_range(self.stream, keys.GROUP, min=entry_id, max=entry_id, count=1)
+            replies: list[Any] = await pipe.execute()
+        deliveries = {p["message_id"]: p["times_delivered"] for reply in replies for p in reply}
         keep = []
         for entry_id, fields in entries:
             attempts = deliveries.get(entry_id, 1)
@@ -218,7 +221,11 @@ class Worker:
             try:
                 job = SegmentJob.from_fields(fields)
                 error = SegmentResult(
-                    job.session, job.segment, "error", reason=f"segment could not be transcribed: {reason}"
+                    job.session,
+                    job.segment,
+                    "error",
+                    reason=f"segment could not be transcribed: {reason}",
+                    eager=job.eager,
                 )
                 pipe.publish(keys.result_channel(job.session), error.to_json())
             except ValueError:
