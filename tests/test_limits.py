@@ -154,6 +154,19 @@ def test_more_sessions_than_the_maximum_get_503(ingests: Callable[..., str]) -> 
         assert json.loads(third.recv(timeout=10))["type"] == "ready"
 
 
+def test_an_unserved_default_model_falls_back_to_the_only_pool_served(
+    ingests: Callable[..., str], base_stack: LocalStack
+) -> None:
+    """The services started by hand as the README shows, without --default-model: it just works."""
+    uri = ingests("--default-model", "swift")
+    with connect(uri) as ws:
+        ready = json.loads(ws.recv(timeout=10))
+        assert (ready["type"], ready["model"]) == ("ready", base_stack.name)
+    with connect(uri + "/?model=swift") as ws:  # asked for by name: not served, and said so
+        events, code, _ = events_until_close(ws)
+        assert errors(events) == ["unknown_model"] and code == 1008
+
+
 def test_a_backlog_over_the_threshold_gets_503(ingests: Callable[..., str], base_stack: LocalStack) -> None:
     uri = ingests("--max-backlog", "2")
     stream = keys.segment_stream("backlogged")

@@ -62,6 +62,10 @@ class Ingest:
             raise ProtocolError(
                 "no_transcriber", "no transcriber is running; try again later", CLOSE_TRY_AGAIN
             )
+        if requested is None and len(served) == 1:
+            # A first run that started the services without --default-model must just work.
+            log.info("default model %r is not served; serving %r, the only one served", name, served[0])
+            return served[0]
         raise ProtocolError(
             "unknown_model", f"model {name!r} is not served; served now: {', '.join(served)}", CLOSE_POLICY
         )
