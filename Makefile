@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 MODEL_DIR := models/whisper-base
 
-.PHONY: run test lint format offline-model system-deps venv bench
+.PHONY: run test lint format offline-model system-deps venv bench gpu-check
 
 system-deps:
 	@deploy/install-system-deps.sh
@@ -41,3 +41,10 @@ lint: venv
 format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# The GPU capacity bench (bench/gpu.py) on a machine with an NVIDIA GPU whose Python has torch and
+# transformers (no venv, no model: random weights of the real shapes). Writes $(OUT)/gpu.json when
+# OUT is set (the device tool's output folder), else bench/results/gpu.json.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu --device cuda --out $(or $(OUT),bench/results)/gpu.json

@@ -38,7 +38,8 @@ from numpy.typing import NDArray
 
 from bench.common import write_report
 from services.transcriber.ct2_model import CTranslate2Model
-from services.transcriber.model import SpeechModel, WhisperModel
+from services.transcriber.interface import Decoding, SpeechModel
+from services.transcriber.model import WhisperModel
 from tests.helpers import HINDI_CLIPS, ROOT, Speech, wer
 
 MODEL_DIR = ROOT / "models" / "whisper-base"
@@ -53,16 +54,16 @@ Clip = NDArray[np.float32]
 class Backend:
     name: str  # backend label in the table
     compute: str
-    load: Callable[[int], SpeechModel]  # threads -> a loaded model
+    load: Callable[[int, Decoding], SpeechModel]  # (threads, decoding) -> a loaded model
 
 
-def load_transformers(threads: int) -> SpeechModel:
+def load_transformers(threads: int, decoding: Decoding) -> SpeechModel:
     torch.set_num_threads(threads)
-    return WhisperModel.load(str(MODEL_DIR), "cpu", torch.float32, "en", "transcribe")
+    return WhisperModel.load(str(MODEL_DIR), "cpu", torch.float32, decoding)
 
 
-def load_transformers_int8(threads: int) -> SpeechModel:
-    model = WhisperModel.load(str(MODEL_DIR), "cpu", torch.float32, "en", "transcribe")
+def load_transformers_int8(threads: int, decoding: Decoding) -> SpeechModel:
+    model = WhisperModel.load(str(MODEL_DIR), "cpu", torch.float32, decoding)
     torch.set_num_threads(threads)
     with warnings.catch_warnings():  # deprecated in favour of torchao, which is not installed here
         warnings.simplefilter("ignore")
@@ -71,9 +72,9 @@ def load_transformers_int8(threads: int) -> SpeechModel:
     return model
 
 
-def load_ct2(compute: str) -> Callable[[int], SpeechModel]:
-    def load(threads: int) -> SpeechModel:
-        return CTranslate2Model.load(str(CT2_DIR), "cpu", compute, "en", "transcribe", threads)
+def load_ct2(compute: str) -> Callable[[int, Decoding], SpeechModel]:
+    def load(threads: int, decoding: Decoding) -> SpeechModel:
+        return CTranslate2Model.load(str(CT2_DIR), "cpu", compute, decoding, threads)
 
     return load
 
@@ -181,7 +182,7 @@ def main() -> int:
         models: dict[str, SpeechModel] = {}
         for name in names:
             try:
-                models[name] = BACKENDS[name].load(threads)
+                models[name] = BACKENDS[name].load(threads, Decoding())
                 torch.set_num_threads(threads)
                 models[name].transcribe(sets["espeak"][0][: max(batches)])  # warm-up, at the largest batch
             except Exception as exc:  # optional backends (torch dynamic quantization) may not work

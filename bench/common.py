@@ -63,22 +63,20 @@ class Session:
         return max((t - (self.started + n * step) for n, t in enumerate(self.sent)), default=0.0)
 
     async def run(self, done_timeout: float = 120.0) -> None:
-        """Stream the audio in real time, send end of audio, and take events until ``done``.
+        """Stream the audio in real time, send end of audio, and take events until done.
 
-        Raises what the connection raises, ``ConnectionError`` when it closes before ``done``, and
-        ``TimeoutError`` when ``done`` is not there ``done_timeout`` s after end of audio; what
+        Raises what the connection raises, ``ConnectionError`` when it closes before done, and
+        ``TimeoutError`` when done is not there ``done_timeout`` s after end of audio; what
         came before stays recorded either way.
         """
-        query = f"sample_rate={self.rate}" + ("&interim=1" if self.interim else "")
-        async with connect(f"{self.uri}/?{query}") as ws:
+        async with connect(self.url(), max_size=None) as ws:
+            await self.open(ws)
             self.started = time.monotonic()
             async with asyncio.timeout(None) as deadline:
                 sender = asyncio.create_task(self._send(ws, deadline, done_timeout))
                 try:
                     async for message in ws:
-                        event = json.loads(message)
-                        self.events.append(Received(event, time.monotonic()))
-                        if event["type"] == "done":
+                        if self.take(message, time.monotonic()):
                             self.done = True
                             break
                 finally:
@@ -87,16 +85,39 @@ class Session:
                     failed = None if sender.cancelled() else sender.exception()
             if failed is not None:
                 raise failed
-            if not self.done:
+            if not self.done and not self.closed_is_done:
                 raise ConnectionError(f"the server closed the session before done ({ws.close_code})")
+            self.done = True
+
+    # --- the protocol: ours here; bench/peers.py has the seed's and WhisperLive's ---------------
+
+    closed_is_done = False  # whether the server closing the connection ends a session normally
+
+    def url(self) -> str:
+        return f"{self.uri}/?sample_rate={self.rate}" + ("&interim=1" if self.interim else "")
+
+    async def open(self, ws: ClientConnection) -> None:
+        """What happens between the handshake and the first frame."""
+
+    def frame(self, chunk: bytes | memoryview) -> bytes | memoryview:
+        return chunk
+
+    def end_of_audio(self) -> str | bytes:
+        return json.dumps({"type": "eof"})
+
+    def take(self, message: str | bytes, at: float) -> bool:
+        """Record one message from the server; True once the session is done."""
+        event = json.loads(message)
+        self.events.append(Received(event, at))
+        return bool(event["type"] == "done")
 
     async def _send(self, ws: ClientConnection, deadline: asyncio.Timeout, done_timeout: float) -> None:
         chunk, step = self.chunk_bytes, self.chunk_ms / 1000
         for n, i in enumerate(range(0, len(self.pcm), chunk)):
             await asyncio.sleep(max(0.0, self.started + n * step - time.monotonic()))
-            await ws.send(self.pcm[i : i + chunk])
+            await ws.send(self.frame(self.pcm[i : i + chunk]))
             self.sent.append(time.monotonic())
-        await ws.send(json.dumps({"type": "eof"}))
+        await ws.send(self.end_of_audio())
         deadline.reschedule(asyncio.get_running_loop().time() + done_timeout)
 
 

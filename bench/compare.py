@@ -486,7 +486,11 @@ async def run_ours(
 
 
 def start_stack(
-    workdir: Path, transcriber: list[str], count: int, ingest_flags: Sequence[str]
+    workdir: Path,
+    transcriber: list[str],
+    count: int,
+    ingest_flags: Sequence[str],
+    env: dict[str, str] | None = None,
 ) -> tuple[LocalStack, dict[str, int]]:
     """redis-server, one ingest and ``count`` transcribers (``transcriber``: the command), with /metrics."""
     ports = {"ingest": free_port()}
@@ -497,7 +501,7 @@ def start_stack(
         ports[f"transcriber-{i + 1}"] = port = free_port()
         log = workdir / f"transcriber-{i}-{time.time_ns()}.log"
         args = [*transcriber, "--redis-url", stack.redis_url, "--metrics-port", str(port)]
-        stack.transcribers.append(Proc("transcriber", args, log))
+        stack.transcribers.append(Proc("transcriber", args, log, env))
     try:
         wait_until(lambda: all(port_open(p) for p in ports.values()), 180, "the transcribers to start")
         wait_until(lambda: alive(stack.redis_url, stack.name), 30, "the transcribers to join")
@@ -560,10 +564,11 @@ def bare(stream: Stream, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from services.audio import pcm16_to_float
+    from services.transcriber.interface import Decoding, warm_up
     from services.transcriber.model import WhisperModel
 
-    model = WhisperModel.load(args.model_id, "cpu", torch.float32, "en", "transcribe")
-    model.warm_up()
+    model = WhisperModel.load(args.model_id, "cpu", torch.float32, Decoding())
+    warm_up(model)
     cuts = [c for c in cut(stream.pcm, stream.utterances) if c.utterance >= 0]
     clips = [pcm16_to_float(stream.pcm[round(c.start * RATE) * 2 : round(c.end * RATE) * 2]) for c in cuts]
     speech = sum(overlap((c.start, c.end), stream.utterances[c.utterance]) for c in cuts)
@@ -602,7 +607,9 @@ def ingest_alone(
 ) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.echo_worker", "--serve-as", MODEL_DIR.name]
     command += ["--max-batch", "64", "--batch-wait-ms", "0"]
-    stack, ports = start_stack(workdir, [*command, "--log-level", "WARNING"], 1, ("--max-sessions", "5000"))
+    flags = ("--max-sessions", "5000", *args.ingest_arg)
+    env = {"ECHO_MODEL_TIME": args.echo_model_time}
+    stack, ports = start_stack(workdir, [*command, "--log-level", "WARNING"], 1, flags, env)
     everything = os.sched_getaffinity(0)
     pinned = (os.cpu_count() or 1) >= 2
     steps: dict[str, Any] = {}
@@ -738,6 +745,12 @@ def main() -> int:
     parser.add_argument("--ramp-seconds", type=float, default=30.0)
     parser.add_argument("--sender-groups", type=int, default=10, help="load generator tasks in the ramp")
     parser.add_argument("--parts", default="bare,ours,seed,ingest")
+    parser.add_argument(
+        "--echo-model-time",
+        default="0,0",
+        help="ingest alone: the echo worker takes A + B * batch seconds a batch ('A,B'; a GPU stood in for)",
+    )
+    parser.add_argument("--ingest-arg", action="append", default=[], help="more flags for the ingest")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compare.json")
     args = parser.parse_args()
     args.session_counts = [int(x) for x in args.sessions.split(",")]

@@ -7,13 +7,17 @@ whatever latency remains is the pipeline's: WebSocket, VAD, Redis streams, pub/s
     .venv/bin/python -m bench.echo_worker --redis-url redis://127.0.0.1:6379/0 --serve-as whisper-base
 
 Takes the transcriber's flags (``--max-batch``, ``--batch-wait-ms``, ``--metrics-port``, ...);
-``--model-id`` is ignored.
+``--model-id`` is ignored. ``ECHO_MODEL_TIME=A,B`` makes each batch of ``b`` segments take
+``A + B * b`` seconds, off the event loop like a real model: a GPU's timing table stood in for
+(``bench.compare --echo-model-time``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,16 +25,22 @@ from numpy.typing import NDArray
 
 from services.config import setup_logging
 from services.transcriber.config import ConfigError, parse_args
-from services.transcriber.model import Transcript
+from services.transcriber.interface import Transcript
 from services.transcriber.worker import run
 
-ECHO = Transcript("echo", 0.0, 0.0)
+ECHO = Transcript("echo", 0.0)
 
 
 class EchoModel:
-    """A ``SpeechModel`` that takes no time."""
+    """A ``SpeechModel`` that takes ``base + per_segment * len(batch)`` seconds (default none)."""
+
+    def __init__(self, base: float = 0.0, per_segment: float = 0.0) -> None:
+        self.base = base
+        self.per_segment = per_segment
 
     def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
+        if batch and (self.base or self.per_segment):
+            time.sleep(self.base + self.per_segment * len(batch))
         return [ECHO] * len(batch)
 
 
@@ -43,7 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    asyncio.run(run(config, EchoModel()))
+    raw = os.environ.get("ECHO_MODEL_TIME", "0,0")
+    try:
+        base, per_segment = (float(x) for x in raw.split(","))
+    except ValueError:
+        print(
+            f"error: ECHO_MODEL_TIME={raw!r} must be 'A,B' (seconds per batch, per segment)", file=sys.stderr
+        )
+        return 2
+    asyncio.run(run(config, EchoModel(base, per_segment)))
     return 0
 
 

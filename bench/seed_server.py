@@ -34,6 +34,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from services.audio import pcm16_to_float, resample_pcm16
 from services.protocol import MODEL_RATE, RATE_PARAMS
+from services.transcriber.interface import Decoding, warm_up
 from services.transcriber.model import WhisperModel
 
 FRAME_MS = 30
@@ -97,7 +98,8 @@ class SeedServer:
         model_start = time.time()
         text = self.model.transcribe([audio])[0].text
         model_end = time.time()
-        await ws.send(json.dumps({"text": text}))
+        # The seed sends {"text"} alone; where the segment lay is added for the benches' matching.
+        await ws.send(json.dumps({"text": text, "start": span[0], "end": span[1]}))
         if self.timings is not None:
             port = ws.remote_address[1]
             record = {"port": port, "segment": number, "start": span[0], "end": span[1], "message": message}
@@ -125,8 +127,8 @@ def main() -> int:
     parser.add_argument("--max-segment-s", type=float, default=28.0)
     parser.add_argument("--timings", type=Path, help="append one JSON line per transcription here")
     args = parser.parse_args()
-    model = WhisperModel.load(args.model_id, "cpu", torch.float32, "en", "transcribe")
-    model.warm_up()
+    model = WhisperModel.load(args.model_id, "cpu", torch.float32, Decoding())
+    warm_up(model)
     timings = args.timings.open("a") if args.timings else None
     try:
         asyncio.run(serve_forever(SeedServer(model, args, timings), args.host, args.port))

@@ -104,6 +104,12 @@ class IngestMetrics:
         self.segments_dropped = Counter(
             "stt_segments_dropped_total", "VAD segments never sent to a model", ["reason"], registry=registry
         )
+        self.eager_guesses = Counter(
+            "stt_eager_guesses_total",
+            "Eager endpointing: guesses queued, confirmed as finals, and wasted (speech resumed)",
+            ["model", "outcome"],
+            registry=registry,
+        )
         self.errors = Counter("stt_errors_total", "Error events sent to clients", ["kind"], registry=registry)
         self.bytes_received = Counter(
             "stt_audio_received_bytes_total", "PCM bytes received from clients", registry=registry

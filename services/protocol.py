@@ -234,10 +234,12 @@ class SegmentJob:
     endpoint_at: float
     enqueued_at: float
     partial: bool = False  # an interim request for a segment still open
+    eager: int = 0  # a guess of eager endpointing (its token), made before the pause was confirmed
 
     def to_fields(self) -> dict[str, bytes | str]:
         return {
             "partial": "1" if self.partial else "0",
+            "eager": str(self.eager),
             "session": self.session,
             "segment": str(self.segment),
             "pcm": self.pcm,
@@ -260,6 +262,7 @@ class SegmentJob:
                 endpoint_at=float(fields[b"endpoint_at"]),
                 enqueued_at=float(fields[b"enqueued_at"]),
                 partial=fields.get(b"partial") == b"1",
+                eager=int(fields.get(b"eager", b"0")),
             )
         except (KeyError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"malformed segment entry: {exc!r}") from None
@@ -289,6 +292,7 @@ class SegmentResult:
     reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     partial: bool = False
+    eager: int = 0  # the job's eager token, echoed
 
     def to_json(self) -> str:
         return _dump(asdict(self))
@@ -309,6 +313,7 @@ class SegmentResult:
                 reason=str(data.get("reason", "")),
                 timings={str(k): float(v) for k, v in data.get("timings", {}).items()},
                 partial=bool(data.get("partial", False)),
+                eager=int(data.get("eager", 0)),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"malformed result message: {exc!r}") from None

@@ -4,6 +4,10 @@ Feed it 16-bit mono PCM of any chunk size at one of the WebRTC VAD rates; it
 re-frames into ``frame_ms`` VAD frames and emits a ``Segment`` each time speech
 is followed by ``silence_ms`` of silence, or when a segment reaches
 ``max_segment_ms`` (cut at the quietest point of its last ``cut_search_ms``).
+Once a pause has lasted ``eager_ms`` it emits a ``Tentative``: the segment that
+pause will close if no more speech comes, so that it can be transcribed while
+the pause is still being confirmed (eager endpointing; its ``Segment`` follows
+with the same bounds, or, if speech resumes, with others).
 Segments with less than ``min_speech_ms`` of voiced frames are dropped
 (``Dropped``), and so are those whose voiced frames are spectrally flat
 (WebRTC VAD calls loud white noise speech): blips and noise never reach the model.
@@ -51,6 +55,7 @@ class SegmenterConfig:
     max_segment_ms: int = 28_000
     cut_search_ms: int = 5_000
     max_flatness: float = 0.5
+    eager_ms: int = 0  # 0: no Tentative events (the ingest turns them on: --eager-ms)
 
     def check(self) -> None:
         """Raise ValueError with one clear sentence if a value cannot work."""
@@ -67,6 +72,8 @@ class SegmenterConfig:
             raise ValueError("max segment must be 1..29 s (Whisper's window is 30 s)")
         if not self.frame_ms <= self.cut_search_ms < self.max_segment_ms:
             raise ValueError("cut search window must be shorter than the max segment")
+        if self.eager_ms and not self.post_roll_ms <= self.eager_ms < self.silence_ms:
+            raise ValueError("eager endpointing must start between the post-roll and the silence (ms)")
         if not 0 < self.max_flatness <= 1:
             raise ValueError("max spectral flatness must be in (0, 1]")
 
@@ -94,7 +101,15 @@ class Dropped:
     reason: Literal["too_short", "noise"]
 
 
-Event = Segment | Dropped
+@dataclass(frozen=True)
+class Tentative:
+    """The segment a pause under way will close if no more speech comes: the ``Segment``
+    that follows has the same ``start`` and ``end`` exactly when it did not."""
+
+    segment: Segment
+
+
+Event = Segment | Dropped | Tentative
 
 
 class Segmenter:
@@ -113,6 +128,7 @@ class Segmenter:
         self._max_frames = n(config.max_segment_ms)
         self._search_frames = n(config.cut_search_ms)
         self._min_voiced = n(config.min_speech_ms)
+        self._eager_frames = max(n(config.eager_ms), self._post_frames) if config.eager_ms else 0
         self._pending = bytearray()
         self._count = 0  # frames seen so far
         self._history: deque[tuple[bytes, bool]] = deque(maxlen=self._start_frames + self._pre_frames)
@@ -205,7 +221,23 @@ class Segmenter:
             return [self._close(min(len(self._speech), last_voiced + 1 + self._post_frames), "silence")]
         if len(self._speech) >= self._max_frames:
             return [self._close(self._cut_point(), "max_length")]
+        eager = self._eager_frames
+        if eager and not voiced and len(self._speech) > eager and self._unvoiced_run() == eager:
+            last_voiced = len(self._speech) - eager - 1
+            guess = self._event(self._speech[: last_voiced + 1 + self._post_frames], "silence")
+            if isinstance(guess, Segment):
+                return [Tentative(guess)]
         return []
+
+    def _unvoiced_run(self) -> int:
+        """Unvoiced frames at the end of the open segment (at most ``eager_frames + 1`` counted)."""
+        assert self._speech is not None
+        run = 0
+        for _, voiced in reversed(self._speech):
+            if voiced or run > self._eager_frames:
+                break
+            run += 1
+        return run
 
     def _cut_point(self) -> int:
         """Where to cut an over-long segment: the middle of the longest pause in the
@@ -222,22 +254,29 @@ class Segmenter:
         energy = [float(np.abs(np.frombuffer(f, "<i2")).mean()) for f, _ in self._speech[lo:]]
         return max(1, lo + int(np.argmin(energy)))
 
-    def _close(self, keep: int, reason: Literal["silence", "max_length", "eof"]) -> Event:
+    def _close(self, keep: int, reason: Literal["silence", "max_length", "eof"]) -> Segment | Dropped:
         """Emit the first ``keep`` frames of the open segment as one event."""
         assert self._speech is not None
         frames, rest = self._speech[:keep], self._speech[keep:]
+        event = self._event(frames, reason)
+        if reason == "max_length":
+            # The speaker goes on: the rest opens the next segment.
+            self._speech, self._speech_first = rest, self._speech_first + keep
+            self._trail.clear()
+        else:
+            self._speech = None
+            self._history.extend(rest)
+        return event
+
+    def _event(
+        self, frames: list[tuple[bytes, bool]], reason: Literal["silence", "max_length", "eof"]
+    ) -> Segment | Dropped:
+        """What the open segment's first ``len(frames)`` frames make, closed for ``reason``."""
         first = self._speech_first
         voiced_flags = [v for _, v in frames]
         voiced = sum(voiced_flags)
         last_voiced = max((i for i, v in enumerate(voiced_flags) if v), default=-1)
         start, end = self._seconds(first), self._seconds(first + len(frames))
-        if reason == "max_length":
-            # The speaker goes on: the rest opens the next segment.
-            self._speech, self._speech_first = rest, first + keep
-            self._trail.clear()
-        else:
-            self._speech = None
-            self._history.extend(rest)
         if voiced < self._min_voiced:
             return Dropped(start, end, self._seconds(voiced), "too_short")
         if spectral_flatness(b"".join(f for f, v in frames if v), self.rate) > self.config.max_flatness:

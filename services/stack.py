@@ -6,11 +6,15 @@ and stops every child on Ctrl-C / SIGTERM (or when any child dies). Children run
 in their own sessions so that a terminal's Ctrl-C reaches only this process,
 which then stops them in order: ingest, transcribers, Redis.
 
-Environment: ``MODEL_ID`` (default ``models/whisper-base``), ``DEVICE`` (auto),
-``PORT`` (8000), ``TRANSCRIBERS`` (1), ``INTERIM_TRANSCRIBERS`` (1: partial results
-get their own transcriber at nice 19; 0: the transcribers serve them between
-finals), ``REDIS_URL``; the services read the rest of their settings from their
-own environment variables (see their ``--help``).
+Environment: ``DEVICE`` (auto), ``BACKEND`` (auto: CTranslate2 int8 on a CPU, the
+measured fastest there; transformers on a CUDA GPU), ``MODEL_ID`` (default
+``models/whisper-base-ct2`` for CTranslate2, ``models/whisper-base`` for transformers;
+a directory with a ``model.bin`` is CTranslate2's), ``PORT`` (8000), ``TRANSCRIBERS``
+(default: on a CPU one per core, at most 8; on a GPU one), ``TORCH_THREADS`` (cores /
+transcribers, at least 1),
+``INTERIM_TRANSCRIBERS`` (1: partial results get their own transcriber at nice 19; 0: the
+transcribers serve them between finals), ``REDIS_URL``; the services read the rest of
+their settings from their own environment variables (see their ``--help``).
 """
 
 from __future__ import annotations
@@ -31,9 +35,42 @@ STOP_GRACE_S = 15.0
 TRANSCRIBER_METRICS_PORT = 9101
 
 
+CT2_MODEL = "models/whisper-base-ct2"
+TRANSFORMERS_MODEL = "models/whisper-base"
+
+
+def cuda_present() -> bool:
+    import ctranslate2  # type: ignore[import-untyped]
+
+    return bool(ctranslate2.get_cuda_device_count() > 0)
+
+
+def pick_backend(backend: str, gpu: bool, model_id: str | None) -> tuple[str, str]:
+    """``BACKEND=auto``: the backend (and default model) for this device and model."""
+    if backend == "auto":
+        if model_id is not None:
+            backend = "ctranslate2" if os.path.isfile(os.path.join(model_id, "model.bin")) else "transformers"
+        else:
+            backend = "transformers" if gpu else "ctranslate2"
+    if backend not in ("transformers", "ctranslate2"):
+        raise SystemExit(f"error: BACKEND={backend!r} must be auto, transformers or ctranslate2")
+    return backend, model_id or (CT2_MODEL if backend == "ctranslate2" else TRANSFORMERS_MODEL)
+
+
+# bench/talkers.py on 2 cores: two 1-thread transcribers beat one 2-thread one, for one talker
+# (p95 0.87 s against 1.10 s) and for twelve (p95 0.95 s against 1.06 s). So on a CPU one per
+# core, each with one thread, up to 8 (more was not measured); on a GPU one, which batches.
+MAX_CPU_TRANSCRIBERS = 8
+
+
+def default_transcribers(gpu: bool) -> int:
+    return 1 if gpu else max(1, min(os.cpu_count() or 1, MAX_CPU_TRANSCRIBERS))
+
+
 @dataclass(frozen=True)
 class StackConfig:
     model_id: str
+    backend: str
     device: str
     port: int
     transcribers: int
@@ -42,9 +79,11 @@ class StackConfig:
 
     @classmethod
     def from_env(cls) -> StackConfig:
+        device = os.environ.get("DEVICE", "auto")
+        gpu = device == "cuda" or (device == "auto" and cuda_present())
         try:
             port = int(os.environ.get("PORT", "8000"))
-            transcribers = int(os.environ.get("TRANSCRIBERS", "1"))
+            transcribers = int(os.environ.get("TRANSCRIBERS", str(default_transcribers(gpu))))
             interim_transcribers = int(os.environ.get("INTERIM_TRANSCRIBERS", "1"))
         except ValueError as exc:
             raise SystemExit(
@@ -52,9 +91,13 @@ class StackConfig:
             ) from None
         if transcribers < 1 or interim_transcribers < 0:
             raise SystemExit("error: TRANSCRIBERS must be at least 1, INTERIM_TRANSCRIBERS at least 0")
+        backend, model_id = pick_backend(
+            os.environ.get("BACKEND", "auto"), gpu, os.environ.get("MODEL_ID") or None
+        )
         return cls(
-            model_id=os.environ.get("MODEL_ID", "models/whisper-base"),
-            device=os.environ.get("DEVICE", "auto"),
+            model_id=model_id,
+            backend=backend,
+            device=device,
             port=port,
             transcribers=transcribers,
             interim_transcribers=interim_transcribers,
@@ -139,6 +182,8 @@ def main() -> int:
                 config.model_id,
                 "--device",
                 config.device,
+                "--backend",
+                config.backend,
                 "--metrics-port",
                 str(TRANSCRIBER_METRICS_PORT + n),
                 "--role",
@@ -153,7 +198,8 @@ def main() -> int:
         wait_for_port(config.port, "ingest", children["ingest"], 30)
         uri = f"ws://localhost:{config.port}"
         print(
-            f"\n  Streaming speech-to-text at {uri}  (model {model_name(config.model_id)}, "
+            f"\n  Streaming speech-to-text at {uri}  "
+            f"(model {model_name(config.model_id)} on {config.backend}, "
             f"{config.transcribers} transcriber(s) + {config.interim_transcribers} for partials, "
             f"Redis {redis_url})\n"
             f"  Try: {python} clients/client_file.py --uri {uri} --wav-path audio.wav\n"

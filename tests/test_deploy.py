@@ -118,6 +118,7 @@ def test_cpu_stack_shape() -> None:
         # --scale needs neither a fixed container name nor a host port.
         assert "container_name" not in transcriber and "ports" not in transcriber
         assert transcriber["environment"]["DEVICE"] == "cpu"
+        assert transcriber["environment"]["BACKEND"] == "ctranslate2"  # the fastest measured on a CPU
         assert transcriber["environment"]["METRICS_PORT"] == "9101"
         assert {"type": "volume", "source": "hf-cache", "target": "/cache/huggingface"}.items() <= (
             transcriber["volumes"][0].items()
@@ -162,6 +163,7 @@ def test_gpu_override_keeps_the_device_reservation(profile: str) -> None:
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}], devices
         assert transcriber["environment"]["DEVICE"] == "cuda"
         assert transcriber["environment"]["DTYPE"] == "float16"
+        assert transcriber["environment"]["BACKEND"] == "transformers"
         assert "cuda" in transcriber["build"]["args"]["BASE"]
         # The override adds to the base service; it does not replace it.
         assert transcriber["command"] == ["python", "-m", "services.transcriber"]

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from services.transcriber.guard import collapse_repeats
-from services.transcriber.model import max_new_tokens
+from services.transcriber.interface import max_new_tokens
 from tests.helpers import HINDI_CLIPS, LocalStack, Speech, finals, run_client, wer, words
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.protocol import SAMPLE_RATES
-from services.segmenter import Dropped, Event, Segment, Segmenter, SegmenterConfig
+from services.segmenter import Dropped, Event, Segment, Segmenter, SegmenterConfig, Tentative
 from tests.helpers import Speech
 
 # A deterministic stand-in VAD for exact timing: a frame is speech when loud.
@@ -48,6 +48,30 @@ def test_one_utterance_with_pre_roll_and_hangover() -> None:
     assert seg.speech_end == pytest.approx(3.0, abs=0.031)
     assert seg.end == pytest.approx(3.0 + 0.2, abs=0.031)  # post-roll kept after the last voiced frame
     assert len(seg.pcm) == round((seg.end - seg.start) * rate) * 2
+
+
+def test_a_pause_is_announced_tentatively_with_the_bounds_of_the_segment_it_closes() -> None:
+    rate = 16000
+    config = SegmenterConfig(silence_ms=600, post_roll_ms=180, eager_ms=240)
+    seg = Segmenter(rate, config, vad=loud)
+    # A 0.3 s pause inside the utterance (past eager_ms, short of silence_ms), then the real end.
+    pcm = silence(1.0, rate) + tone_pcm(1.0, rate) + silence(0.3, rate) + tone_pcm(0.5, rate)
+    events = feed_all(seg, pcm + silence(1.5, rate), 320)
+    assert [type(e) for e in events] == [Tentative, Tentative, Segment]
+    first, second, final = events
+    assert isinstance(first, Tentative) and isinstance(second, Tentative) and isinstance(final, Segment)
+    assert first.segment.end == pytest.approx(2.0 + 0.18, abs=0.031)  # speech resumed: not the final
+    assert (second.segment.start, second.segment.end) == (final.start, final.end)
+    assert second.segment.pcm == final.pcm
+    # Announced once the pause lasted eager_ms: the 1.5 s of silence fed so far minus what followed.
+    assert final.end - final.speech_end == pytest.approx(0.18, abs=0.031)
+
+
+def test_no_tentative_for_what_would_be_dropped() -> None:
+    rate = 16000
+    config = SegmenterConfig(silence_ms=600, min_speech_ms=300, eager_ms=240)
+    events = feed_all(Segmenter(rate, config, vad=loud), tone_pcm(0.27, rate) + silence(1.0, rate), 320)
+    assert [type(e) for e in events] == [Dropped]
 
 
 @pytest.mark.parametrize("rate", SAMPLE_RATES)

@@ -14,8 +14,9 @@ from tests.helpers import ROOT, Speech, finals, free_port, port_open, run_client
 
 def test_stack_starts_everything_serves_and_stops_on_ctrl_c(speech: Speech) -> None:
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "TRANSCRIBERS": "1", "MODEL_ID": "models/whisper-base"}
-    env.pop("REDIS_URL", None)
+    env = {**os.environ, "PORT": str(port)}  # everything else: `make run`'s defaults
+    for name in ("REDIS_URL", "MODEL_ID", "BACKEND", "TRANSCRIBERS", "DEVICE"):
+        env.pop(name, None)
     stack = subprocess.Popen(
         [sys.executable, "-m", "services.stack"],
         cwd=ROOT,
@@ -34,8 +35,11 @@ def test_stack_starts_everything_serves_and_stops_on_ctrl_c(speech: Speech) -> N
             "the stack's banner",
         )
         assert f"ws://localhost:{port}" in banner
+        assert "whisper-base-ct2 on ctranslate2" in banner  # the fastest backend measured on a CPU
         redis_port = int(re.search(r"redis://127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
-        wait_until(lambda: any("serving 'whisper-base'" in line for line in lines), 120, "the transcriber")
+        wait_until(
+            lambda: any("serving 'whisper-base-ct2'" in line for line in lines), 120, "the transcriber"
+        )
         stream = speech.stream(16000, (1,))
         code, events, stderr = run_client(f"ws://localhost:{port}", stream.path, "--fast")
         assert code == 0, stderr

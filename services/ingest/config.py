@@ -32,6 +32,7 @@ class IngestConfig:
     allowed_origins: tuple[str, ...]
     web: bool
     interim_ms: int
+    eager_max_backlog: int
     metrics_port: int
     log_level: str
 
@@ -177,6 +178,21 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         "for sessions that ask (?interim=1), a partial transcript every this many ms of speech (0: never)",
         type=int,
     )
+    parser.env_flag(
+        "--eager-ms",
+        "EAGER_MS",
+        200,
+        "eager endpointing: once a pause lasts this long, transcribe what it would close, so the final "
+        "is ready when --silence-ms confirms the pause (0: off; at least the post-roll, under the silence)",
+        type=int,
+    )
+    parser.env_flag(
+        "--eager-max-backlog",
+        "EAGER_MAX_BACKLOG",
+        1,
+        "no eager guesses while the model's stream holds more segments than this (the pool is busy)",
+        type=int,
+    )
     parser.env_flag("--metrics-port", "METRICS_PORT", 9100, "Prometheus /metrics port (0: off)", type=int)
     args = parser.parse_args(argv)
     segmenter = SegmenterConfig(
@@ -185,6 +201,7 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         pre_roll_ms=args.pre_roll_ms,
         min_speech_ms=args.min_speech_ms,
         max_segment_ms=round(args.max_segment_s * 1000),
+        eager_ms=args.eager_ms,
     )
     try:
         segmenter.check()
@@ -220,6 +237,7 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         web=args.web,
         interim_ms=args.interim_ms,
+        eager_max_backlog=args.eager_max_backlog,
         metrics_port=args.metrics_port,
         log_level=args.log_level,
     )

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosedOK
 from services import keys
 from services.audio import resample_pcm16
 from services.ingest.config import IngestConfig
+from services.ingest.eager import Eager
 from services.ingest.ledger import Ledger
 from services.ingest.results import LOST, WAKE
 from services.metrics import IngestMetrics
@@ -38,7 +39,7 @@ from services.protocol import (
     check_audio_frame,
     parse_text,
 )
-from services.segmenter import Dropped, Event, Segmenter
+from services.segmenter import Dropped, Event, Segment, Segmenter, Tentative
 
 log = logging.getLogger("ingest.session")
 
@@ -75,6 +76,8 @@ class Session:
         self.interim_stream = keys.interim_stream(model)
         self.segmenter = Segmenter(self.rate, config.segmenter)
         self.ledger = Ledger(config.result_timeout)
+        self.eager = Eager(config.result_timeout)
+        self.held: list[SegmentResult] = []  # guesses' results to resolve now that they are finals
         self.model = model
         self.metrics = metrics
         self.timings: dict[int, dict[str, float]] = {}  # transcriber timings of results not yet sent
@@ -177,7 +180,11 @@ class Session:
         await self.redis.xadd(self.interim_stream, fields, maxlen=INTERIM_MAXLEN, approximate=True)
 
     async def _enqueue(self, event: Event) -> None:
+        if isinstance(event, Tentative):
+            await self._guess(event.segment)
+            return
         if isinstance(event, Dropped):
+            self.eager.abandon()
             log.debug("session %s dropped %.2f-%.2f s (%s)", self.id, event.start, event.end, event.reason)
             self.metrics.segments_dropped.labels(event.reason).inc()
             if self.ledger.had_partial(self.ledger.next_number):
@@ -189,20 +196,45 @@ class Session:
             return
         self.metrics.vad_hangover.labels(self.model).observe(self.segmenter.position - event.speech_end)
         endpoint_at = time.time()
-        pcm = resample_pcm16(event.pcm, self.rate)
         number = self.ledger.add(event.start, event.end, endpoint_at, endpoint_at)
-        job = SegmentJob(self.id, number, pcm, event.start, event.end, endpoint_at, time.time())
-        fields: dict[Any, Any] = job.to_fields()
-        await self.redis.xadd(self.stream, fields, maxlen=self.config.stream_maxlen, approximate=True)
+        guess = self.eager.close(number, event)
+        if guess is None:
+            pcm = resample_pcm16(event.pcm, self.rate)
+            job = SegmentJob(self.id, number, pcm, event.start, event.end, endpoint_at, time.time())
+            fields: dict[Any, Any] = job.to_fields()
+            await self.redis.xadd(self.stream, fields, maxlen=self.config.stream_maxlen, approximate=True)
+        else:  # the guess's job holds this very audio: its transcript is this segment's final
+            self.metrics.eager_guesses.labels(self.model, "confirmed").inc()
+            if guess.result is not None:
+                self.held.append(guess.result)
+                await self.results.put(WAKE)
         self.metrics.segments_enqueued.labels(self.model).inc()
         log.info(
-            "session %s segment %d queued: %.2f-%.2f s (%s)",
+            "session %s segment %d queued: %.2f-%.2f s (%s%s)",
             self.id,
             number,
             event.start,
             event.end,
             event.reason,
+            "" if guess is None else f", as eager guess {guess.token}",
         )
+
+    async def _guess(self, segment: Segment) -> None:
+        """Queue what a pause under way would close, if the pool has time to spare for it."""
+        config = self.config
+        if await self.redis.xlen(self.stream) > config.eager_max_backlog:
+            self.eager.abandon()
+            return
+        now = time.time()
+        number = self.ledger.next_number
+        token = self.eager.propose(number, segment, now)
+        if token is None:
+            return
+        pcm = resample_pcm16(segment.pcm, self.rate)
+        job = SegmentJob(self.id, number, pcm, segment.start, segment.end, now, now, eager=token)
+        fields: dict[Any, Any] = job.to_fields()
+        await self.redis.xadd(self.stream, fields, maxlen=config.stream_maxlen, approximate=True)
+        self.metrics.eager_guesses.labels(self.model, "queued").inc()
 
     async def _relay(self) -> None:
         while not (self.eof and self.ledger.unanswered == 0):
@@ -217,7 +249,7 @@ class Session:
                     raise ProtocolError(
                         "backend_unavailable", "lost the connection to the queue; reconnect", CLOSE_TRY_AGAIN
                     )
-                events = [] if raw == WAKE else self._resolve(raw)
+                events = self._resolve_held() if raw == WAKE else self._resolve(raw)
             for event in events:
                 await self._send(event)
         if self.ending is not None:
@@ -262,6 +294,20 @@ class Session:
                 return []
             self.ledger.mark_partial(result.segment)
             return [Partial(result.text, result.segment)]
+        if result.eager:
+            verdict = self.eager.result(result)
+            if verdict == "wasted":
+                self.metrics.eager_guesses.labels(self.model, "wasted").inc()
+            if verdict != "final":
+                return []  # held until its pause is confirmed, or its guess was abandoned
+        return self._final(result)
+
+    def _resolve_held(self) -> list[ServerEvent]:
+        events = [event for result in self.held for event in self._final(result)]
+        self.held.clear()
+        return events
+
+    def _final(self, result: SegmentResult) -> list[ServerEvent]:
         if result.outcome == "text":
             self.timings[result.segment] = result.timings
         return self.ledger.resolve(result, time.time())

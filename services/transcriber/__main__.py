@@ -9,27 +9,33 @@ import sys
 from collections.abc import Sequence
 
 import redis
-import torch
 
 from services.config import setup_logging
 from services.metrics import MetricsPortError
 from services.transcriber.config import INTERIM_NICE, ConfigError, TranscriberConfig, parse_args
-from services.transcriber.ct2_model import CTranslate2Model
-from services.transcriber.model import ModelLoadError, WhisperModel
+from services.transcriber.interface import ModelLoadError, SpeechModel, warm_up
 from services.transcriber.worker import run
 
 log = logging.getLogger("transcriber")
 
 
-def load_model(config: TranscriberConfig) -> WhisperModel | CTranslate2Model:
-    """The backend ``config`` names, loaded (not yet warmed up)."""
+def load_model(config: TranscriberConfig) -> SpeechModel:
+    """The backend ``config`` names, loaded (not yet warmed up). Each is imported only when
+    chosen: the CTranslate2 backend runs without torch."""
     if config.backend == "ctranslate2":
+        from services.transcriber.ct2_model import CTranslate2Model
+
         return CTranslate2Model.load(
-            config.model_id, config.device, config.compute_type, config.language, config.task, config.threads
+            config.model_id, config.device, config.compute_type, config.decoding, config.threads
         )
+    import torch
+
+    from services.transcriber.model import WhisperModel
+
     if config.threads:
         torch.set_num_threads(config.threads)
-    return WhisperModel.load(config.model_id, config.device, config.torch_dtype, config.language, config.task)
+    dtype = torch.float16 if config.dtype == "float16" else torch.float32
+    return WhisperModel.load(config.model_id, config.device, dtype, config.decoding)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     # Loaded and warmed before joining the consumer group: the first segment is not slow.
-    model.warm_up()
+    warm_up(model)
     try:
         asyncio.run(run(config, model))
     except (redis.ConnectionError, MetricsPortError) as exc:

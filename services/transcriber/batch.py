@@ -10,7 +10,7 @@ from services.audio import pcm16_to_float
 from services.metrics import TranscriberMetrics
 from services.protocol import Outcome, SegmentJob, SegmentResult
 from services.transcriber.guard import judge
-from services.transcriber.model import SpeechModel
+from services.transcriber.interface import SpeechModel
 
 log = logging.getLogger("transcriber.batch")
 
@@ -79,7 +79,14 @@ def _run(
         }
         outcome: Outcome = "text" if verdict.text else "empty"
         results[entry.id] = SegmentResult(
-            job.session, job.segment, outcome, verdict.text, verdict.reason, timings, partial=job.partial
+            job.session,
+            job.segment,
+            outcome,
+            verdict.text,
+            verdict.reason,
+            timings,
+            partial=job.partial,
+            eager=job.eager,
         )
         metrics.segments.labels(name, "partial" if job.partial else outcome).inc()
         log.info(

@@ -8,10 +8,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 from services.config import EnvArgumentParser, add_common_flags, positive
 from services.keys import model_name
+from services.transcriber.interface import DEFAULT_CONTEXT_S, WINDOW_S, Decoding
 
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
 # See the comment on Worker._read_batch for how this was chosen.
@@ -43,8 +42,7 @@ class TranscriberConfig:
     device: str
     dtype: str  # transformers weights precision
     compute_type: str  # CTranslate2 compute type
-    language: str
-    task: str
+    decoding: Decoding
     max_batch: int
     batch_wait_ms: int
     claim_idle_ms: int
@@ -55,16 +53,23 @@ class TranscriberConfig:
     consumer: str
     log_level: str
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.float16 if self.dtype == "float16" else torch.float32
+
+def cuda_available(backend: str) -> tuple[bool, str]:
+    """Whether ``backend`` can use a CUDA GPU here, and if not, why."""
+    if backend == "ctranslate2":
+        import ctranslate2  # type: ignore[import-untyped]
+
+        return ctranslate2.get_cuda_device_count() > 0, "CTranslate2 sees no CUDA GPU"
+    import torch
+
+    why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+    return torch.cuda.is_available(), why
 
 
-def resolve_device(device: str, dtype: str) -> tuple[str, str]:
+def resolve_device(backend: str, device: str, dtype: str) -> tuple[str, str]:
     """Turn ``auto`` into a real device and dtype; refuse what cannot work here."""
-    cuda = torch.cuda.is_available()
+    cuda, why = cuda_available(backend)
     if device == "cuda" and not cuda:
-        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
         raise ConfigError(f"--device cuda asked for, but CUDA is not available ({why}); use --device cpu")
     resolved = device if device != "auto" else ("cuda" if cuda else "cpu")
     if dtype == "float16" and resolved == "cpu":
@@ -94,6 +99,17 @@ def resolve_compute_type(backend: str, device: str, dtype: str, compute_type: st
     if device == "cpu" and compute_type not in CPU_COMPUTE_TYPES:
         raise ConfigError(f"--compute-type {compute_type} needs a CUDA device; on CPU use int8 or float32")
     return compute_type
+
+
+def context_seconds(raw: str) -> tuple[int, ...]:
+    """``10,20,30``: the encoder window lengths (s) a segment may be padded to; 30 must be one."""
+    try:
+        windows = tuple(sorted({int(x) for x in raw.split(",") if x.strip()}))
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a comma-separated list of seconds") from None
+    if not windows or windows[-1] != WINDOW_S or windows[0] < 1:
+        raise ValueError(f"{raw!r}: windows must be 1..{WINDOW_S} s and include {WINDOW_S}")
+    return windows
 
 
 def failpoint_segments() -> frozenset[int]:
@@ -158,6 +174,15 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         "--language", "LANGUAGE", "en", "decoding language; 'en' makes Oriserve's models write Hinglish"
     )
     parser.env_flag("--task", "TASK", "transcribe", "Whisper task", choices=["transcribe", "translate"])
+    parser.env_flag("--beam-size", "BEAM_SIZE", 1, "beam search width (1: greedy)", type=positive(int))
+    parser.env_flag(
+        "--context",
+        "CONTEXT_S",
+        ",".join(map(str, DEFAULT_CONTEXT_S)),
+        "encoder windows (s) a segment is padded to, the smallest that holds it; "
+        f"'{WINDOW_S}' is Whisper's own fixed 30 s window (slowest on short segments)",
+        type=context_seconds,
+    )
     parser.env_flag(
         "--max-batch", "MAX_BATCH", 8, "most segments transcribed in one batch", type=positive(int)
     )
@@ -193,7 +218,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
     add_common_flags(parser)
     args = parser.parse_args(argv)
     compute_dtype = args.dtype if args.backend == "transformers" else "auto"
-    device, dtype = resolve_device(args.device, compute_dtype)
+    device, dtype = resolve_device(args.backend, args.device, compute_dtype)
     compute_type = resolve_compute_type(args.backend, device, args.dtype, args.compute_type)
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     return TranscriberConfig(
@@ -205,8 +230,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         device=device,
         dtype=dtype,
         compute_type=compute_type,
-        language=args.language,
-        task=args.task,
+        decoding=Decoding(args.language, args.task, args.beam_size, args.context),
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         claim_idle_ms=args.claim_idle_ms,

@@ -1,13 +1,13 @@
 """The CTranslate2 backend: the ``SpeechModel`` interface on CTranslate2's Whisper.
 
-Loads a CTranslate2 Whisper directory (``model.bin``, ``config.json``,
-``tokenizer.json``, ``vocabulary.txt``: what `make offline-model` writes to
-``models/whisper-base-ct2``, or what ``ct2-transformers-converter`` makes of a Hub
-model) and transcribes a batch in one ``generate`` call: greedy, ``language`` and
-``task`` forced, no timestamps, the same ``max_new_tokens`` bound as the
-transformers backend, and Whisper's no-speech probability from the same decoder
-step. int8 weights make it about twice as fast on CPU at the same word error rate
-(see ``bench/backends.py``).
+Loads a CTranslate2 Whisper directory (``model.bin``, ``config.json``, ``tokenizer.json``,
+``vocabulary.txt``: what `make offline-model` writes to ``models/whisper-base-ct2``); a
+transformers model (a Hub id such as Oriserve's, or a local directory) is converted once into a
+cache. A batch is transcribed in one ``generate`` call over the context window that fits it:
+``language`` and ``task`` forced, no timestamps, the same ``max_new_tokens`` bound and beam size
+as the transformers backend, and Whisper's no-speech probability from the same decoder pass. It
+does not import torch. int8 weights make it about twice as fast on CPU at the same word error
+rate (see ``bench/backends.py``).
 
 The log-mel features are computed here in numpy (the same as transformers'
 ``WhisperFeatureExtractor``): that keeps torch's thread pool out of the hot path,
@@ -17,6 +17,9 @@ so it does not compete with CTranslate2's for the cores.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,15 +30,18 @@ import numpy as np
 import tokenizers
 from numpy.typing import NDArray
 
-from services.transcriber.model import ModelLoadError, Transcript, max_new_tokens
+from services.transcriber.interface import (
+    Decoding,
+    ModelLoadError,
+    Transcript,
+    context_frames,
+)
 
 log = logging.getLogger("transcriber.model")
 
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP = 160
-CHUNK_SAMPLES = 30 * SAMPLE_RATE  # Whisper's encoder always sees 30 s
-N_FRAMES = CHUNK_SAMPLES // HOP
 
 
 def ct2_max_length(new_tokens: int) -> int:
@@ -48,7 +54,7 @@ def ct2_max_length(new_tokens: int) -> int:
 
 
 class LogMel:
-    """Whisper's log-mel spectrogram of clips padded to 30 s, in numpy."""
+    """Whisper's log-mel spectrogram of clips padded to ``frames`` frames (3000: 30 s), in numpy."""
 
     def __init__(self, n_mels: int) -> None:
         from transformers.audio_utils import mel_filter_bank
@@ -65,27 +71,63 @@ class LogMel:
         n = np.arange(N_FFT)
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)).astype(np.float32)  # periodic Hann
 
-    def __call__(self, batch: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
+    def __call__(self, batch: Sequence[NDArray[np.float32]], n_frames: int) -> NDArray[np.float32]:
         from scipy import fft
 
-        out = np.empty((len(batch), self.filters.shape[1], N_FRAMES), np.float32)
+        samples = n_frames * HOP
+        out = np.empty((len(batch), self.filters.shape[1], n_frames), np.float32)
         for i, clip in enumerate(batch):
-            audio = np.zeros(CHUNK_SAMPLES, np.float32)
-            audio[: min(len(clip), CHUNK_SAMPLES)] = clip[:CHUNK_SAMPLES]
+            audio = np.zeros(samples, np.float32)
+            audio[: min(len(clip), samples)] = clip[:samples]
             padded = np.pad(audio, N_FFT // 2, mode="reflect")  # torch.stft(center=True)
-            frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:N_FRAMES]
+            frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:n_frames]
             power = np.abs(fft.rfft(frames * self.window, axis=-1)) ** 2
             mel = np.log10(np.maximum(power @ self.filters, 1e-10)).T
             out[i] = (np.maximum(mel, mel.max() - 8.0) + 4.0) / 4.0
         return out
 
 
+def ct2_directory(model_id: str) -> Path:
+    """``model_id`` as a CTranslate2 directory: itself when it is one (``model.bin``), else its
+    conversion from a transformers Whisper (a Hub id or a local directory), made once into
+    ``$CT2_CACHE`` (default ``$HF_HOME/ctranslate2``) and reused. Conversion needs torch and
+    transformers, and the Hub for a Hub id: it is a one-time build step, not part of serving."""
+    path = Path(model_id)
+    if (path / "model.bin").is_file():
+        return path
+    hf_home = Path(os.environ.get("HF_HOME") or "~/.cache/huggingface").expanduser()
+    cache = Path(os.environ.get("CT2_CACHE") or hf_home / "ctranslate2")
+    target = cache / re.sub(r"[^A-Za-z0-9._-]+", "--", model_id.strip().strip("/"))
+    if (target / "model.bin").is_file():
+        return target
+    log.info("converting %s to CTranslate2 into %s (once)", model_id, target)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    try:
+        from ctranslate2.converters import TransformersConverter  # type: ignore[import-untyped]
+
+        TransformersConverter(model_id, copy_files=["tokenizer.json"]).convert(str(partial), force=True)
+    except Exception as exc:  # the converter raises whatever transformers or the Hub raise
+        shutil.rmtree(partial, ignore_errors=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{model_id!r} is not a CTranslate2 Whisper directory and converting it failed: {first} "
+            "(no Hugging Face Hub access? `make offline-model` builds models/whisper-base-ct2)"
+        ) from None
+    try:
+        partial.rename(target)
+    except OSError:  # another transcriber converted it at the same time
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 class CTranslate2Model:
     """Whisper on CTranslate2: one batched ``generate`` per batch of clips."""
 
-    def __init__(self, model: Any, tokenizer: Any, language: str, task: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, decoding: Decoding) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.decoding = decoding
+        language, task = decoding.language, decoding.task
         self.mel = LogMel(int(model.n_mels))
         self.eot = self._token("<|endoftext|>")
         prompt = [self._token("<|startoftranscript|>")]
@@ -101,17 +143,13 @@ class CTranslate2Model:
 
     @classmethod
     def load(
-        cls, model_dir: str, device: str, compute_type: str, language: str, task: str, threads: int = 0
+        cls, model_dir: str, device: str, compute_type: str, decoding: Decoding, threads: int = 0
     ) -> CTranslate2Model:
 
         started = time.perf_counter()
-        path = Path(model_dir)
-        if not (path / "model.bin").is_file() or not (path / "tokenizer.json").is_file():
-            raise ModelLoadError(
-                f"{model_dir!r} is not a CTranslate2 Whisper directory (model.bin, tokenizer.json): "
-                "build one with `make offline-model` (models/whisper-base-ct2), or convert a Hub model "
-                "with ct2-transformers-converter"
-            )
+        path = ct2_directory(model_dir)
+        if not (path / "tokenizer.json").is_file():
+            raise ModelLoadError(f"{str(path)!r} has no tokenizer.json: not a CTranslate2 Whisper directory")
         try:
             model = ctranslate2.models.Whisper(
                 str(path), device=device, compute_type=compute_type, intra_threads=threads
@@ -127,18 +165,14 @@ class CTranslate2Model:
             compute_type,
             time.perf_counter() - started,
         )
-        return cls(model, tokenizer, language, task)
-
-    def warm_up(self) -> None:
-        """Run one real pass so the first segment does not pay for lazy initialisation."""
-        started = time.perf_counter()
-        rng = np.random.default_rng(0)
-        self.transcribe([(rng.standard_normal(16000) * 0.01).astype(np.float32)])
-        log.info("warm-up took %.2f s", time.perf_counter() - started)
+        return cls(model, tokenizer, decoding)
 
     def features(self, batch: Sequence[NDArray[np.float32]]) -> Any:
-        """The batch's log-mel features as a CTranslate2 array (moved to the model's device by it)."""
-        return ctranslate2.StorageView.from_array(self.mel(batch))
+        """The batch's log-mel features over the context window that fits its longest clip, as a
+        CTranslate2 array (moved to the model's device by it)."""
+        seconds = max(len(clip) for clip in batch) / SAMPLE_RATE
+        frames = context_frames(seconds, self.decoding.context_s)
+        return ctranslate2.StorageView.from_array(self.mel(batch, frames))
 
     def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
         if not batch:
@@ -146,16 +180,15 @@ class CTranslate2Model:
         results = self.model.generate(
             self.features(batch),
             [self.prompt] * len(batch),
-            beam_size=1,
-            max_length=ct2_max_length(max_new_tokens(max(len(clip) for clip in batch) / SAMPLE_RATE)),
-            return_scores=True,
+            beam_size=self.decoding.beam_size,
+            max_length=ct2_max_length(
+                self.decoding.token_budget(max(len(clip) for clip in batch) / SAMPLE_RATE)
+            ),
             return_no_speech_prob=True,
         )
         transcripts = []
         for result in results:
             ids = [i for i in result.sequences_ids[0] if i < self.eot]
             text: str = self.tokenizer.decode(ids)
-            # Scores are the cumulative log-probability divided by the length (length_penalty 1).
-            avg = float(result.scores[0]) if result.scores else 0.0
-            transcripts.append(Transcript(text.strip(), float(result.no_speech_prob), avg))
+            transcripts.append(Transcript(text.strip(), float(result.no_speech_prob)))
         return transcripts

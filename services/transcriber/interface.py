@@ -1,0 +1,83 @@
+"""The model interface both backends implement: ``transcribe(batch) -> transcripts``.
+
+``services.transcriber.model`` (transformers + torch) and ``services.transcriber.ct2_model``
+(CTranslate2, no torch) implement it; the worker and the benches see only this.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+log = logging.getLogger("transcriber.model")
+
+# Fast speech runs at ~4 words/s, under 2 tokens a word: 10 tokens/s leaves room
+# without letting a loop run to Whisper's 448-token limit.
+TOKENS_PER_SECOND = 10
+MIN_NEW_TOKENS = 16
+MAX_NEW_TOKENS = 440
+
+
+# Whisper's encoder was trained on 30 s windows of 3000 log-mel frames (100 a second), and pads
+# every clip to that. Most segments are a few seconds long, so most of that work is padding: a
+# segment is instead padded to the smallest of these window lengths (seconds) that holds it with
+# CONTEXT_MARGIN_S to spare. The default was chosen by bench/context.py (README, "Context").
+WINDOW_S = 30
+FRAMES_PER_SECOND = 100
+DEFAULT_CONTEXT_S = (10, 15, 20, 30)
+CONTEXT_MARGIN_S = 1.0
+
+
+def context_frames(seconds: float, context_s: Sequence[int]) -> int:
+    """Encoder input frames for a batch whose longest clip lasts ``seconds``."""
+    fits = [c for c in context_s if c >= seconds + CONTEXT_MARGIN_S]
+    return min(fits, default=WINDOW_S) * FRAMES_PER_SECOND
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    no_speech_prob: float
+
+
+class SpeechModel(Protocol):
+    def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
+        """Transcribe 16 kHz float32 mono clips, each under 30 s."""
+        ...
+
+
+def max_new_tokens(seconds: float) -> int:
+    return min(MAX_NEW_TOKENS, MIN_NEW_TOKENS + int(seconds * TOKENS_PER_SECOND))
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the backends decode: the same settings for both."""
+
+    language: str = "en"
+    task: str = "transcribe"
+    beam_size: int = 1
+    context_s: tuple[int, ...] = (WINDOW_S,)  # encoder window lengths; (30,) is Whisper's own
+    max_tokens: int = MAX_NEW_TOKENS  # a cap below the length rule (bench/gpu.py forces lengths)
+
+    def token_budget(self, seconds: float) -> int:
+        """Most tokens to generate for a batch whose longest clip lasts ``seconds``."""
+        return min(max_new_tokens(seconds), self.max_tokens)
+
+
+def warm_up(model: SpeechModel) -> None:
+    """Run one real pass so the first segment does not pay for lazy initialisation."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    model.transcribe([(rng.standard_normal(16000) * 0.01).astype(np.float32)])
+    log.info("warm-up took %.2f s", time.perf_counter() - started)
