@@ -1,17 +1,26 @@
-"""N real-time talkers against `make run`'s stack: end of speech -> final text, as a user sees it.
+"""N real-time talkers against `make run`'s stack, the seed's design or WhisperLive: end of speech -> final.
 
-    .venv/bin/python -m bench.talkers [--talkers 1,12] [--env KEY=VALUE ...] [--label NAME]
-                                     [--out bench/results/talkers.json]
+    .venv/bin/python -m bench.talkers [--systems ours,seed,whisperlive] [--talkers 1,12]
+                                     [--env KEY=VALUE ...] [--label NAME] [--out bench/results/talkers.json]
 
-Starts ``python -m services.stack`` (what `make run` runs, with its defaults unless ``--env``
-overrides a setting: ``--env CONTEXT_S=30`` gives the transcribers Whisper's fixed 30 s window,
-``--env EAGER_MS=0`` turns eager endpointing off, ``--env BACKEND=transformers`` the reference
-backend) on a private redis-server, waits until a transcriber is serving, then streams the six
-espeak-ng sentences of the tests (1.2 s of silence between them, 16 kHz, 20 ms frames) from each
-talker at real-time pace, the talkers' starts spread evenly over one pass of that stream. Every
-utterance's latency is the arrival of its final at the client minus the moment the frame holding
-its last sample (the end of the espeak clip) was sent. Also: utterances answered, WER, the server
-processes' CPU seconds per minute of audio, and their peak RSS.
+``ours`` starts ``python -m services.stack`` (what `make run` runs, with its defaults unless
+``--env`` overrides a setting: ``--env CONTEXT_S=30`` gives the transcribers Whisper's fixed 30 s
+window, ``--env EAGER_MS=0`` turns eager endpointing off, ``--env BACKEND=transformers`` the
+reference backend) on a private redis-server and waits until a transcriber is serving.
+``seed`` starts ``bench/seed_server.py`` (the seed's one-process design, transformers fp32,
+torch's 2 threads); ``whisperlive`` starts WhisperLive 0.10's server (PyPI ``whisper-live``, in
+its own virtual environment under .cache/, made on first use) with its ``faster_whisper`` backend
+on the same CTranslate2 whisper-base directory, ``single_model``, CTranslate2 on 2 threads, its
+decoding defaults (beam 5, temperature fallback), ``HF_HUB_OFFLINE=1``. With several systems they
+take turns at each talker count.
+
+Every talker streams the six espeak-ng sentences of the tests (1.2 s of silence between them,
+16 kHz, 20 ms frames) at real-time pace, the talkers' starts spread evenly over one pass of that
+stream. Every utterance's latency is the arrival of its final at the client (for WhisperLive: the
+first message in which a segment over it is ``completed``) minus the moment the frame holding its
+last sample (the end of the espeak clip) was sent. Also: utterances answered, WER, the server
+processes' CPU seconds per minute of audio, their peak RSS, and (ours) the eager-endpointing
+counters.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import shutil
 import statistics
@@ -147,6 +158,8 @@ WHISPERLIVE_VENV = ROOT / ".cache" / "whisperlive-venv"
 WHISPERLIVE_PACKAGES = (
     "torch==2.13.0",  # the CPU wheel on this machine's disk
     "faster-whisper==1.2.0",
+    "requests",  # faster-whisper 1.2 imports it; huggingface_hub no longer brings it
+    "onnxruntime",
     "fastapi",
     "uvicorn",
     "websockets",
@@ -167,12 +180,15 @@ TranscriptionServer().run("127.0.0.1", int(sys.argv[1]), backend="faster_whisper
 def whisperlive_python(workdir: Path) -> Path:
     """WhisperLive 0.10 in its own virtual environment (made once, under .cache/)."""
     python = WHISPERLIVE_VENV / "bin" / "python"
-    if not (WHISPERLIVE_VENV / ".ready").is_file():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(WHISPERLIVE_VENV)], check=True)
+    ready, wanted = WHISPERLIVE_VENV / ".ready", "\n".join(WHISPERLIVE_PACKAGES)
+    if not ready.is_file() or ready.read_text() != wanted:
+        if not python.is_file():
+            subprocess.run([sys.executable, "-m", "venv", str(WHISPERLIVE_VENV)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q"]
         subprocess.run([*pip, *WHISPERLIVE_PACKAGES], check=True)
-        subprocess.run([*pip, "--no-deps", "whisper-live==0.10.0"], check=True)
-        (WHISPERLIVE_VENV / ".ready").touch()
+        # silero-vad only for its silero_vad.onnx, which WhisperLive's live VAD loads.
+        subprocess.run([*pip, "--no-deps", "whisper-live==0.10.0", "silero-vad==6.2.3"], check=True)
+        ready.write_text(wanted)
     return python
 
 
@@ -181,15 +197,17 @@ def whisperlive(args: argparse.Namespace, workdir: Path, tag: str) -> Iterator[t
     """WhisperLive's server (faster_whisper backend, single model) on our CTranslate2 whisper-base.
 
     Its live VAD loads silero_vad.onnx from ~/.cache/whisper-live/ and would download it: HOME
-    points at a folder holding the copy faster-whisper ships. CTranslate2 gets the same 2
-    threads as the others (WhisperLive passes none; CTranslate2 would take 4).
+    points at a folder holding the copy the silero-vad package ships. CTranslate2 gets the same
+    2 threads as the others (WhisperLive passes none; CTranslate2 would take 4).
     """
     python = whisperlive_python(workdir)
     home = workdir / "whisperlive-home"
     (home / ".cache" / "whisper-live").mkdir(parents=True, exist_ok=True)
-    find = "import faster_whisper, os; print(os.path.dirname(faster_whisper.__file__))"
+    find = (
+        "import importlib.util; print(importlib.util.find_spec('silero_vad').submodule_search_locations[0])"
+    )
     package = subprocess.run([str(python), "-c", find], capture_output=True, text=True, check=True)
-    vad = Path(package.stdout.strip()) / "assets" / "silero_vad_v6.onnx"
+    vad = Path(package.stdout.strip()) / "data" / "silero_vad.onnx"
     shutil.copy(vad, home / ".cache" / "whisper-live" / "silero_vad.onnx")
     port = free_port()
     env = {"HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS)}
@@ -227,20 +245,22 @@ def eager_guesses(port: int) -> dict[str, float]:
     }
 
 
-def measure(args: argparse.Namespace, speech: Speech, talkers: int, workdir: Path) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, system: str, speech: Speech, talkers: int, workdir: Path
+) -> dict[str, Any]:
     stream = speech.stream(16000, SENTENCES)
     audio_s = len(stream.pcm) / 2 / stream.rate
-    with SYSTEMS[args.system](args, workdir, f"{args.system}-{talkers}") as (uri, root):
+    with SYSTEMS[system](args, workdir, f"{system}-{talkers}") as (uri, root):
         pids = [root, *descendants(root)]
         names = {pid: f"{process_name(pid)} ({n})" for n, pid in enumerate(pids)}
         cpu_before = {pid: cpu_seconds(pid) for pid in pids}
-        sessions = [session_for(args.system, uri, stream) for _ in range(talkers)]
+        sessions = [session_for(system, uri, stream) for _ in range(talkers)]
         started = time.monotonic()
         asyncio.run(talk(sessions, audio_s / talkers, args.done_timeout))
         wall = time.monotonic() - started
         cpu = {names[pid]: cpu_seconds(pid) - cpu_before[pid] for pid in pids}
         rss = {names[pid]: round(peak_rss_mib(pid)) for pid in pids}
-        eager = eager_guesses(args.metrics_port) if args.system == "ours" else {}
+        eager = eager_guesses(args.metrics_port) if system == "ours" else {}
     latencies: list[float] = []
     answered, texts = 0, []
     for session in sessions:
@@ -262,6 +282,7 @@ def measure(args: argparse.Namespace, speech: Speech, talkers: int, workdir: Pat
         "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
         "peak_rss_mib": rss,
         "latency_s": [round(x, 3) for x in latencies],
+        "texts": texts,
         "eager_guesses": eager,
     }
     if latencies:
@@ -275,7 +296,9 @@ def measure(args: argparse.Namespace, speech: Speech, talkers: int, workdir: Pat
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--system", default="ours", choices=list(SYSTEMS))
+    parser.add_argument(
+        "--systems", default="ours", help=f"comma-separated of {', '.join(SYSTEMS)}: they take turns"
+    )
     parser.add_argument("--talkers", default="1,12", help="comma-separated talker counts, one run each")
     parser.add_argument(
         "--done-timeout",
@@ -288,23 +311,27 @@ def main() -> int:
     parser.add_argument("--metrics-port", type=int, default=free_port(), help="the ingest's /metrics port")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "talkers.json")
     args = parser.parse_args()
+    unknown = set(args.systems.split(",")) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     report: dict[str, Any] = {"runs": []}
     if args.out.is_file():  # runs of other settings accumulate in one file
-        import json
-
         report = json.loads(args.out.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         speech = Speech(workdir)
-        for talkers in [int(x) for x in args.talkers.split(",")]:
-            result = measure(args, speech, talkers, workdir)
-            result |= {"system": args.system, "label": args.label, "env": args.env}
+        for talkers, system in itertools.product(
+            [int(x) for x in args.talkers.split(",")], args.systems.split(",")
+        ):
+            result = measure(args, system, speech, talkers, workdir)
+            label = args.label if system == "ours" else system
+            result |= {"system": system, "label": label, "env": args.env if system == "ours" else []}
             result["date"] = time.strftime("%Y-%m-%d %H:%M")
             result["load_average_1min"] = round(os.getloadavg()[0], 2)
             report["runs"].append(result)
             write_report(args.out, report)
             print(
-                f"{args.label} | {talkers:2d} talkers: p50 {result.get('p50', '-')} s, "
+                f"{label} | {talkers:2d} talkers: p50 {result.get('p50', '-')} s, "
                 f"p95 {result.get('p95', '-')} s, max {result.get('max', '-')} s, answered "
                 f"{result['answered']}/{result['utterances']}, WER {result['wer']}, "
                 f"{result['cpu_s_per_audio_min']} CPU-s/audio-min, peak RSS {result['peak_rss_mib']}",

@@ -83,7 +83,8 @@ def to_rate(samples: np.ndarray, rate: int, workdir: Path, name: str) -> Path:
     src = workdir / f"{name}-src.wav"
     sf.write(src, samples, ESPEAK_RATE, subtype="PCM_16")
     out = workdir / f"{name}-{rate}.wav"
-    subprocess.run(["sox", str(src), "-r", str(rate), "-c", "1", "-b", "16", str(out)], check=True)
+    # -D: no dither, so the same text gives the same samples in every run (sox dithers randomly).
+    subprocess.run(["sox", "-D", str(src), "-r", str(rate), "-c", "1", "-b", "16", str(out)], check=True)
     return out
 
 
