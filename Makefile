@@ -21,7 +21,7 @@ venv: $(STAMP)
 
 # One run writes both: the transformers directory and its CTranslate2 twin ($(MODEL_DIR)-ct2).
 $(MODEL_DIR)/.source-sha256 $(MODEL_DIR)-ct2/.source-sha256 &: | venv
-	$(PY) -m services.offline_model --out $(MODEL_DIR)
+	$(PY) -m tools.offline_model --out $(MODEL_DIR)
 
 offline-model: $(MODEL_DIR)/.source-sha256 $(MODEL_DIR)-ct2/.source-sha256
 

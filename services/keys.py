@@ -5,32 +5,8 @@ One place, so that ingest and transcriber can never disagree on a name.
 
 from __future__ import annotations
 
-import os
-
 PREFIX = "stt"
 GROUP = "transcribers"
-
-# Short names users pass as ``?model=`` and the Hub ids they stand for.
-ALIASES: dict[str, str] = {
-    "swift": "Oriserve/Whisper-Hindi2Hinglish-Swift",
-    "prime": "Oriserve/Whisper-Hindi2Hinglish-Prime",
-}
-
-
-def model_name(model: str) -> str:
-    """The pool name a model id, alias or local directory is served under.
-
-    ``Oriserve/Whisper-Hindi2Hinglish-Swift`` and ``swift`` are both ``swift``;
-    a local directory ``models/whisper-base/`` is ``whisper-base``; any other Hub
-    id keeps its full ``owner/name`` form.
-    """
-    model = model.strip()
-    for alias, hub_id in ALIASES.items():
-        if model.lower() in (alias, hub_id.lower()):
-            return alias
-    if os.path.isdir(model):
-        return os.path.basename(os.path.normpath(model))
-    return model
 
 
 def segment_stream(model: str) -> str:

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from services.keys import model_name
+from services.catalog import served_pool
 
 STOP_GRACE_S = 15.0
 # The ingest serves /metrics on 9100; transcriber n (from 0, interim ones last) on 9101 + n.
@@ -192,14 +192,14 @@ def main() -> int:
             children[f"transcriber {n + 1} ({role})"] = subprocess.Popen(cmd, env=env, start_new_session=True)
         ingest_cmd = [
             python, "-m", "services.ingest", "--port", str(config.port),
-            "--default-model", model_name(config.model_id),
+            "--default-model", served_pool(config.model_id),
         ]  # fmt: skip
         children["ingest"] = subprocess.Popen(ingest_cmd, env=env, start_new_session=True)
         wait_for_port(config.port, "ingest", children["ingest"], 30)
         uri = f"ws://localhost:{config.port}"
         print(
             f"\n  Streaming speech-to-text at {uri}  "
-            f"(model {model_name(config.model_id)} on {config.backend}, "
+            f"(model {served_pool(config.model_id)} on {config.backend}, "
             f"{config.transcribers} transcriber(s) + {config.interim_transcribers} for partials, "
             f"Redis {redis_url})\n"
             f"  Try: {python} clients/client_file.py --uri {uri} --wav-path audio.wav\n"

@@ -258,6 +258,8 @@ def test_dockerfile_runs_as_non_root_in_exec_form_with_no_model_inside() -> None
     text = "\n".join(instructions)
     for baked in ("snapshot_download", "from_pretrained", "huggingface-cli", "COPY models", "offline_model"):
         assert baked not in text, f"the image must not bake in a model ({baked})"
+    # The runtime package only: build-time tools (model conversion, format readers) stay out.
+    assert "COPY services" in text and "tools" not in text
 
 
 # --- Grafana ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""services.offline_model: the whisper-base built from the PyPI CTranslate2 wheels really transcribes."""
+"""tools.offline_model: the whisper-base built from the PyPI CTranslate2 wheels really transcribes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import soundfile
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from services import offline_model
+from tools import offline_model
 
 SENTENCE = "The children are playing football in the garden."
 CONTENT_WORDS = {"children", "playing", "football", "garden"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.catalog import requested_pool
 from services.config import EnvArgumentParser, add_common_flags, boolean, positive
-from services.keys import model_name
 from services.segmenter import SegmenterConfig
 
 
@@ -220,7 +220,7 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         host=args.host,
         port=args.port,
         redis_url=args.redis_url,
-        default_model=model_name(args.default_model),
+        default_model=requested_pool(args.default_model),
         segmenter=segmenter,
         max_frame_bytes=args.max_frame_bytes,
         result_timeout=args.result_timeout,

@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
 from services import keys, metrics
+from services.catalog import requested_pool
 from services.ingest import admission, web
 from services.ingest.config import IngestConfig
 from services.ingest.results import ResultRouter
@@ -54,7 +55,7 @@ class Ingest:
         return sorted(names)
 
     async def resolve_model(self, requested: str | None) -> str:
-        name = keys.model_name(requested) if requested else self.config.default_model
+        name = requested_pool(requested) if requested else self.config.default_model
         if await self.redis.exists(keys.alive_key(name)):
             return name
         served = await self.served_models()
@@ -91,7 +92,7 @@ class Ingest:
             params = parse_query(urlsplit(request.path).query)
         except ProtocolError:
             return None  # the session reports it with an error event
-        name = keys.model_name(params.model) if params.model else self.config.default_model
+        name = requested_pool(params.model) if params.model else self.config.default_model
         try:
             backlog = await self.redis.xlen(keys.segment_stream(name))
         except redis.RedisError as exc:

