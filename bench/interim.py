@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import match_finals, stream_real_time, write_report
-from tests.helpers import ROOT, LocalStack, Speech, Stream, alive, wait_until
+from tests.helpers import ROOT, LocalStack, Speech, Stream, alive, serving, wait_until
 
 LAYOUTS = ("shared", "split")
 
@@ -35,8 +35,8 @@ def start(layout: str, workdir: Path) -> LocalStack:
         return LocalStack(workdir)
     stack = LocalStack(workdir, transcriber_flags=("--role", "finals"))
     stack.transcribers.append(stack.start_transcriber("--role", "interims"))
-    # Only a finals transcriber marks the pool alive: wait for the interims one's first log line.
-    wait_until(lambda: "serving" in stack.transcribers[-1].log, 120, "the interims transcriber")
+    # Only a finals transcriber marks the pool alive: wait for the interims one's readiness key.
+    wait_until(lambda: serving(stack.redis_url, stack.name, "interims"), 120, "the interims transcriber")
     return stack
 
 

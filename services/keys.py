@@ -32,6 +32,16 @@ def alive_key(model: str) -> str:
 ALIVE_PATTERN = f"{PREFIX}:alive:*"
 
 
+def consumer_key(model: str, consumer: str) -> str:
+    """Set (to its role, with a short TTL) by every transcriber of ``model`` while it serves:
+    its readiness, whatever its role (the alive key only counts those serving finals)."""
+    return f"{PREFIX}:consumer:{model}:{consumer}"
+
+
+def consumer_pattern(model: str) -> str:
+    return consumer_key(model, "*")
+
+
 def result_channel(session: str) -> str:
     """The pub/sub channel that carries one session's results."""
     return f"{PREFIX}:results:{session}"

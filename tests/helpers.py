@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 import soundfile as sf
+
+from services import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "whisper-base"
@@ -205,13 +208,36 @@ def finals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("type") == "final"]
 
 
+# --- readiness, read from Redis: what the services themselves signal, never their log text --------
+
+
 def alive(redis_url: str, name: str) -> bool:
-    import redis
-
-    from services import keys
-
+    """Some transcriber serves the finals of pool ``name`` (the ingest admits sessions for it)."""
     with redis.Redis.from_url(redis_url) as client:
         return bool(client.exists(keys.alive_key(name)))
+
+
+def serving(redis_url: str, pool: str, role: str | None = None) -> int:
+    """How many transcribers serve ``pool`` (in ``role``, if given): their readiness keys."""
+    with redis.Redis.from_url(redis_url) as client:
+        roles = [client.get(key) for key in client.scan_iter(match=keys.consumer_pattern(pool))]
+    return sum(r is not None and role in (None, r.decode()) for r in roles)
+
+
+def open_sessions(redis_url: str) -> int:
+    """Sessions an ingest has open: each listens on its own result channel."""
+    with redis.Redis.from_url(redis_url) as client:
+        return len(client.pubsub_channels(keys.result_channel("*")))
+
+
+def segments_queued(redis_url: str, pool: str) -> int:
+    """Entries ever added to ``pool``'s segment stream (Redis 7's ``entries-added``)."""
+    with redis.Redis.from_url(redis_url) as client:
+        try:
+            info: Any = client.xinfo_stream(keys.segment_stream(pool))
+        except redis.ResponseError:  # no such stream yet
+            return 0
+    return int(info["entries-added"])
 
 
 class LocalStack:

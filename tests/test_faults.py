@@ -18,7 +18,18 @@ import pytest
 import redis
 
 from services import keys
-from tests.helpers import LocalStack, Speech, alive, finals, run_client, wait_until, wer
+from tests.helpers import (
+    LocalStack,
+    Speech,
+    alive,
+    finals,
+    open_sessions,
+    run_client,
+    segments_queued,
+    serving,
+    wait_until,
+    wer,
+)
 
 
 @pytest.fixture
@@ -54,7 +65,7 @@ def test_sigkill_of_a_transcriber_mid_batch_loses_and_duplicates_nothing(
     )
     stacks.append(stack)
     victim, survivor = stack.transcribers
-    wait_until(lambda: "serving" in victim.log and "serving" in survivor.log, 120, "both transcribers")
+    wait_until(lambda: serving(stack.redis_url, stack.name) == 2, 120, "both transcribers")
     victim_pid = str(victim.popen.pid)
     streams = [speech.stream(16000, pick) for pick in [(0, 1), (2, 3), (4, 0)]]
     with ThreadPoolExecutor(3) as pool:
@@ -108,7 +119,9 @@ def test_redis_restart_fails_live_sessions_clearly_and_new_ones_work_within_10s(
     stream = speech.stream(16000)
     with ThreadPoolExecutor(1) as pool:
         live = pool.submit(run_client, stack.uri, stream.path)  # real-time pace: about 20 s
-        wait_until(lambda: "segment 0 queued" in stack.ingest.log, 30, "the live session's first segment")
+        wait_until(
+            lambda: segments_queued(stack.redis_url, stack.name), 30, "the live session's first segment"
+        )
         stack.redis.stop()
         code, events, stderr = live.result(timeout=60)
     assert code == 1
@@ -135,7 +148,7 @@ def test_sigterm_ingest_drains_live_sessions_then_exits_0(
     stream = speech.stream(16000, (3,))  # about 5 s at real-time pace
     with ThreadPoolExecutor(1) as pool:
         live = pool.submit(run_client, stack.uri, stream.path)
-        wait_until(lambda: "open from" in stack.ingest.log, 20, "the session to open")
+        wait_until(lambda: open_sessions(stack.redis_url), 20, "the session to open")
         stack.ingest.popen.send_signal(signal.SIGTERM)
         code, events, stderr = live.result(timeout=60)
     assert code == 0, stderr  # the live session finished normally
@@ -152,7 +165,7 @@ def test_drain_timeout_closes_what_is_left_with_1001(
     stream = speech.stream(16000)  # about 20 s at real-time pace
     with ThreadPoolExecutor(1) as pool:
         live = pool.submit(run_client, stack.uri, stream.path)
-        wait_until(lambda: "open from" in stack.ingest.log, 20, "the session to open")
+        wait_until(lambda: open_sessions(stack.redis_url), 20, "the session to open")
         stack.ingest.popen.send_signal(signal.SIGTERM)
         code, _, stderr = live.result(timeout=60)
     assert code == 1 and "1001" in stderr

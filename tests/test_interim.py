@@ -7,7 +7,7 @@ import re
 import statistics
 from pathlib import Path
 
-from tests.helpers import LocalStack, Speech, alive, finals, run_client, wait_until, wer
+from tests.helpers import LocalStack, Speech, alive, finals, run_client, serving, wait_until, wer
 
 
 def test_partials_come_before_the_final_and_change_nothing_in_it(
@@ -42,7 +42,7 @@ def test_an_interims_transcriber_at_low_priority_leaves_finals_as_fast(
     stack = LocalStack(tmp_path, transcribers=0)
     try:
         stack.transcribers.append(stack.start_transcriber("--role", "interims"))
-        wait_until(lambda: "serving 'whisper-base' (interims)" in stack.transcribers[0].log, 120, "interims")
+        wait_until(lambda: serving(stack.redis_url, stack.name, "interims"), 120, "the interims transcriber")
         stream = speech.stream(16000, (5,))
         # Partials alone are no service: with no one serving finals, sessions are refused.
         code, events, stderr = run_client(stack.uri, stream.path, "--partials")

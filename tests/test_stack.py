@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 
-from tests.helpers import ROOT, Speech, finals, free_port, port_open, run_client, wait_until
+from services.stack import default_transcribers
+from tests.helpers import ROOT, Speech, finals, free_port, port_open, run_client, serving, wait_until
 
 
 def test_stack_starts_everything_serves_and_stops_on_ctrl_c(speech: Speech) -> None:
@@ -38,7 +39,13 @@ def test_stack_starts_everything_serves_and_stops_on_ctrl_c(speech: Speech) -> N
         assert "whisper-base-ct2 on ctranslate2" in banner  # the fastest backend measured on a CPU
         redis_port = int(re.search(r"redis://127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
         wait_until(
-            lambda: any("serving 'whisper-base-ct2'" in line for line in lines), 120, "the transcriber"
+            # Its defaults on this CPU: one finals transcriber per core, one for partials.
+            lambda: (
+                serving(f"redis://127.0.0.1:{redis_port}/0", "whisper-base-ct2")
+                == default_transcribers(False) + 1
+            ),
+            120,
+            "the transcribers",
         )
         stream = speech.stream(16000, (1,))
         code, events, stderr = run_client(f"ws://localhost:{port}", stream.path, "--fast")

@@ -92,15 +92,20 @@ class Worker:
                     log.warning("consumer group gone (Redis restarted?); creating it again")
                     await self._ensure_groups()
             heartbeat.cancel()
+        with contextlib.suppress(redis.RedisError):  # no longer serving; else it expires
+            await self.redis.delete(keys.consumer_key(self.config.name, self.config.consumer))
 
     async def _ensure_groups(self) -> None:
         for stream in (self.stream, self.interim):
             await ensure_group(self.redis, stream)
 
     async def _heartbeat(self) -> None:
-        """Keep the pool's alive key fresh and the backlog gauges current."""
+        """Keep this consumer's readiness key and the pool's alive key fresh, and the backlog
+        gauges current. The first beat comes as serving starts."""
         while True:
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                ready = keys.consumer_key(self.config.name, self.config.consumer)
+                await self.redis.set(ready, self.config.role, px=ALIVE_TTL_MS)
                 if self._serves(self.stream):  # the ingest refuses sessions while no one serves finals
                     alive = keys.alive_key(self.config.name)
                     await self.redis.set(alive, self.config.consumer, px=ALIVE_TTL_MS)
