@@ -245,12 +245,14 @@ class LocalStack:
 
     def __init__(self, workdir: Path, transcribers: int = 1, ingest_flags: tuple[str, ...] = (),
                  transcriber_flags: tuple[str, ...] = (), transcriber_env: dict[str, str] | None = None,
-                 redis_port: int | None = None) -> None:  # fmt: skip
+                 redis_port: int | None = None,
+                 transcriber_module: str = "services.transcriber") -> None:  # fmt: skip
         self.workdir = workdir
         self.name = MODEL_DIR.name
         self.redis_port = redis_port or free_port()
         self.redis = self.start_redis()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.transcriber_module = transcriber_module  # tests.failpoint_transcriber injects faults
         self.transcribers = [
             self.start_transcriber(*transcriber_flags, env=transcriber_env) for _ in range(transcribers)
         ]
@@ -265,7 +267,15 @@ class LocalStack:
         return proc
 
     def start_transcriber(self, *flags: str, env: dict[str, str] | None = None) -> Proc:
-        args = [sys.executable, "-m", "services.transcriber", "--model-id", str(MODEL_DIR), "--device", "cpu"]
+        args = [
+            sys.executable,
+            "-m",
+            self.transcriber_module,
+            "--model-id",
+            str(MODEL_DIR),
+            "--device",
+            "cpu",
+        ]
         args += ["--metrics-port", "0"]  # flags given later win: a test that scrapes passes a port
         log = self.workdir / f"transcriber-{time.time_ns()}.log"
         return Proc("transcriber", [*args, "--redis-url", self.redis_url, *flags], log, env)

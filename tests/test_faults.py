@@ -91,6 +91,7 @@ def test_a_segment_the_model_keeps_failing_goes_to_the_dead_letter_stream(
     stack = LocalStack(
         tmp_path,
         transcriber_flags=("--claim-idle-ms", "300", "--max-attempts", "2"),
+        transcriber_module="tests.failpoint_transcriber",
         transcriber_env={"STT_FAILPOINT_SEGMENTS": "1"},  # the model raises on every segment 1
     )
     stacks.append(stack)

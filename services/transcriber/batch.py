@@ -15,10 +15,6 @@ from services.transcriber.interface import SpeechModel
 log = logging.getLogger("transcriber.batch")
 
 
-class InjectedFault(RuntimeError):
-    """Raised for segments named by the failpoint (tests of the dead-letter path)."""
-
-
 @dataclass(frozen=True)
 class Entry:
     """A stream entry and the job it carries."""
@@ -28,7 +24,7 @@ class Entry:
 
 
 def transcribe(
-    model: SpeechModel, entries: list[Entry], fail_segments: frozenset[int], metrics: TranscriberMetrics
+    model: SpeechModel, entries: list[Entry], metrics: TranscriberMetrics
 ) -> dict[bytes, SegmentResult]:
     """Transcribe ``entries`` in one batch; if the batch fails, each entry alone.
 
@@ -36,7 +32,7 @@ def transcribe(
     failed and stays pending, to be retried (and dead-lettered after too many tries).
     """
     try:
-        return _run(model, entries, fail_segments, metrics)
+        return _run(model, entries, metrics)
     except Exception:
         metrics.failures.labels(metrics.model).inc()
         if len(entries) == 1:
@@ -45,16 +41,11 @@ def transcribe(
         log.exception("batch of %d failed; retrying one by one", len(entries))
     results: dict[bytes, SegmentResult] = {}
     for entry in entries:
-        results.update(transcribe(model, [entry], fail_segments, metrics))
+        results.update(transcribe(model, [entry], metrics))
     return results
 
 
-def _run(
-    model: SpeechModel, entries: list[Entry], fail_segments: frozenset[int], metrics: TranscriberMetrics
-) -> dict[bytes, SegmentResult]:
-    for entry in entries:
-        if entry.job.segment in fail_segments:
-            raise InjectedFault(f"failpoint: segment {entry.job.segment}")
+def _run(model: SpeechModel, entries: list[Entry], metrics: TranscriberMetrics) -> dict[bytes, SegmentResult]:
     started = time.time()
     transcripts = model.transcribe([pcm16_to_float(entry.job.pcm) for entry in entries])
     finished = time.time()

@@ -47,7 +47,6 @@ class TranscriberConfig:
     batch_wait_ms: int
     claim_idle_ms: int
     max_attempts: int
-    fail_segments: frozenset[int]  # failpoint for tests: these segment numbers always fail
     threads: int
     metrics_port: int
     consumer: str
@@ -110,15 +109,6 @@ def context_seconds(raw: str) -> tuple[int, ...]:
     if not windows or windows[-1] != WINDOW_S or windows[0] < 1:
         raise ValueError(f"{raw!r}: windows must be 1..{WINDOW_S} s and include {WINDOW_S}")
     return windows
-
-
-def failpoint_segments() -> frozenset[int]:
-    """``STT_FAILPOINT_SEGMENTS=1,4``: the model fails on those segment numbers (tests only)."""
-    raw = os.environ.get("STT_FAILPOINT_SEGMENTS", "")
-    try:
-        return frozenset(int(x) for x in raw.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"STT_FAILPOINT_SEGMENTS={raw!r} must be comma-separated integers") from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
@@ -235,7 +225,6 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         batch_wait_ms=args.batch_wait_ms,
         claim_idle_ms=args.claim_idle_ms,
         max_attempts=args.max_attempts,
-        fail_segments=failpoint_segments(),
         threads=args.threads,
         metrics_port=args.metrics_port,
         consumer=consumer,

@@ -260,8 +260,7 @@ class Worker:
         """One batch through the model, off the event loop; failed entries are left out."""
         if not entries:
             return {}
-        fails = self.config.fail_segments
-        return await asyncio.to_thread(transcribe, self.model, entries, fails, self.metrics)
+        return await asyncio.to_thread(transcribe, self.model, entries, self.metrics)
 
     async def _finish(self, stream: str, results: dict[bytes, SegmentResult], done: list[bytes]) -> None:
         """Publish the results, then acknowledge and delete the entries that are done."""
