@@ -89,12 +89,7 @@ BACKENDS = {  # the reference first: the others' Hindi output is compared with i
 
 def espeak_clips(workdir: Path) -> tuple[list[Clip], list[str]]:
     stream = Speech(workdir).stream(RATE)
-    audio = (np.frombuffer(stream.pcm, np.int16) / 32768).astype(np.float32)
-    clips: list[Clip] = [
-        audio[max(0, int((start - PAD_S) * RATE)) : int((end + PAD_S) * RATE)]
-        for start, end in stream.utterances
-    ]
-    return clips, list(stream.texts)
+    return stream.clips(PAD_S), list(stream.texts)
 
 
 def hindi_clips() -> list[Clip]:

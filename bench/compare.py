@@ -51,6 +51,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.common import write_report
+from bench.measure import cpu_seconds, nearest_rank
 from services import keys
 from services.protocol import SegmentResult
 from services.segmenter import Segment, Segmenter, SegmenterConfig
@@ -292,11 +293,6 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def busy_seconds() -> float:
     """CPU time the whole machine has been busy (all cores, every process: ours and others')."""
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(
@@ -351,10 +347,6 @@ class Probe:
 # --- analysis ------------------------------------------------------------------------------------------
 
 Answer = tuple[Cut, float | None, Timing | None, str]  # a segment, its reply's arrival, timings, text
-
-
-def nearest_rank(n: int, q: float) -> int:
-    return max(0, min(n - 1, math.ceil(q / 100 * n) - 1))
 
 
 def spread(values: Sequence[float]) -> dict[str, float | None]:

@@ -68,8 +68,7 @@ MORE_SENTENCES = (
 def espeak_clips(workdir: Path) -> tuple[list[Clip], tuple[str, ...]]:
     """The tests' six sentences and MORE_SENTENCES, each with PAD_S of silence on both sides."""
     stream = Speech(workdir).stream(RATE, (0, 1, 2, 3, 4, 5))
-    audio = (np.frombuffer(stream.pcm, np.int16) / 32768).astype(np.float32)
-    clips = [audio[int((a - PAD_S) * RATE) : int((b + PAD_S) * RATE)] for a, b in stream.utterances]
+    clips = stream.clips(PAD_S)
     pad = np.zeros(int(PAD_S * RATE), np.float32)
     for n, text in enumerate(MORE_SENTENCES):
         path = to_rate(espeak(text, workdir / f"more-{n}.wav"), RATE, workdir, f"more-{n}")

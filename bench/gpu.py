@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 import types
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 import transformers
 
+from bench.measure import percentile
 from services.transcriber.interface import DEFAULT_CONTEXT_S, WINDOW_S, Decoding
 from services.transcriber.model import WhisperModel
 
@@ -118,11 +118,6 @@ def _word_level(vocab: dict[str, int]) -> Any:
     return tokenizer
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -147,7 +142,7 @@ def cell(model: WhisperModel, device: str, batch: int, seconds: float, min_time:
         "batch": batch,
         "calls": len(times),
         "p50_s": round(p50, 4),
-        "p95_s": round(percentile(times, 0.95), 4),
+        "p95_s": round(percentile(times, 95), 4),
         "segments_per_s": round(batch / p50, 1),
         "tokens": statistics.mean(len(t.text.split()) for t in out),  # what was decoded per segment
         "gpu_mem_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,

@@ -37,28 +37,33 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Session, match_finals, write_report
+from bench.measure import cpu_seconds, percentile
 from bench.peers import SeedSession, WhisperLiveSession
 from services import keys
-from tests.helpers import MODEL_DIR, ROOT, Proc, Speech, Stream, free_port, port_open, wait_until, wer
+from tests.helpers import (
+    MODEL_DIR,
+    ROOT,
+    Proc,
+    Speech,
+    Stream,
+    counter,
+    free_port,
+    port_open,
+    wait_until,
+    wer,
+)
 
 SENTENCES = (0, 1, 2, 3, 4, 5)
 CHUNK_MS = 20
 THREADS = 2
 CT2_DIR = ROOT / "models" / "whisper-base-ct2"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
 def descendants(pid: int) -> list[int]:
@@ -71,11 +76,6 @@ def descendants(pid: int) -> list[int]:
             found += children
             todo += children
     return found
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -109,22 +109,22 @@ def ours(args: argparse.Namespace, workdir: Path, tag: str) -> Iterator[tuple[st
     """`make run`'s stack (``services.stack``) on a private redis-server, once a transcriber serves."""
     redis_port, port = free_port(), free_port()
     redis_args = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
-    redis_proc = Proc("redis", [*redis_args, "--appendonly", "no"], workdir / f"redis-{tag}.log")
-    wait_until(lambda: port_open(redis_port), 10, "redis-server")
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     env = dict(kv.split("=", 1) for kv in args.env)
     # METRICS_PORT reaches only the ingest: the stack gives each transcriber its own port.
     env |= {"REDIS_URL": redis_url, "PORT": str(port), "METRICS_PORT": str(args.metrics_port)}
     env |= {"LOG_LEVEL": "WARNING"}
-    with child([sys.executable, "-m", "services.stack"], env, workdir / f"stack-{tag}.log") as stack:
-        with redis.Redis.from_url(redis_url) as client:
+    with child("redis", [*redis_args, "--appendonly", "no"], {}, workdir / f"redis-{tag}.log"):
+        wait_until(lambda: port_open(redis_port), 10, "redis-server")
+        cmd = [sys.executable, "-m", "services.stack"]
+        with child("stack", cmd, env, workdir / f"stack-{tag}.log") as stack:
+            with redis.Redis.from_url(redis_url) as client:
 
-            def serving() -> bool:
-                return port_open(port) and any(client.scan_iter(match=keys.ALIVE_PATTERN))
+                def serving() -> bool:
+                    return port_open(port) and any(client.scan_iter(match=keys.ALIVE_PATTERN))
 
-            wait_until(serving, 180, "the stack to serve")
-        yield f"ws://127.0.0.1:{port}", stack.pid
-    redis_proc.stop()
+                wait_until(serving, 180, "the stack to serve")
+            yield f"ws://127.0.0.1:{port}", stack.popen.pid
 
 
 @contextlib.contextmanager
@@ -132,24 +132,20 @@ def seed(args: argparse.Namespace, workdir: Path, tag: str) -> Iterator[tuple[st
     """The seed's design (bench/seed_server.py): the transformers model in the event loop."""
     port = free_port()
     cmd = [sys.executable, "-m", "bench.seed_server", "--model-id", str(MODEL_DIR), "--port", str(port)]
-    with child(cmd, {}, workdir / f"seed-{tag}.log") as server:
+    with child("seed", cmd, {}, workdir / f"seed-{tag}.log") as server:
         wait_until(lambda: port_open(port), 120, "the seed server to listen")
-        yield f"ws://127.0.0.1:{port}", server.pid
+        yield f"ws://127.0.0.1:{port}", server.popen.pid
 
 
 @contextlib.contextmanager
-def child(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def child(name: str, cmd: list[str], env: dict[str, str], log: Path) -> Iterator[Proc]:
+    """A real process for the length of a ``with``; SIGTERM and up to 60 s to stop after it (the
+    stack stops its children in turn)."""
+    proc = Proc(name, cmd, log, env)
+    try:
+        yield proc
+    finally:
+        proc.stop(timeout=60)
 
 
 WHISPERLIVE_VENV = ROOT / ".cache" / "whisperlive-venv"
@@ -212,13 +208,13 @@ def whisperlive(args: argparse.Namespace, workdir: Path, tag: str) -> Iterator[t
     port = free_port()
     env = {"HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS)}
     cmd = [str(python), "-c", WHISPERLIVE_SERVER, str(port), str(CT2_DIR)]
-    with child(cmd, env, workdir / f"whisperlive-{tag}.log") as server:
+    with child("whisperlive", cmd, env, workdir / f"whisperlive-{tag}.log") as server:
         wait_until(lambda: port_open(port), 120, "WhisperLive to listen")
         uri = f"ws://127.0.0.1:{port}"
         # It loads the model at the first connection: that one is not timed.
         warm = WhisperLiveSession(uri, b"\0\0" * 16000, 16000, CHUNK_MS, model_dir=str(CT2_DIR))
         asyncio.run(warm.run(done_timeout=60))
-        yield uri, server.pid
+        yield uri, server.popen.pid
 
 
 SYSTEMS = {"ours": ours, "seed": seed, "whisperlive": whisperlive}
@@ -234,15 +230,8 @@ def session_for(system: str, uri: str, stream: Stream) -> Session:
 
 def eager_guesses(port: int) -> dict[str, float]:
     """The ingest's eager endpointing counters: guesses queued, confirmed and wasted."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        sample.labels["outcome"]: sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "stt_eager_guesses"
-        for sample in family.samples
-        if sample.name == "stt_eager_guesses_total"
-    }
+    outcomes = ("queued", "confirmed", "wasted")
+    return {o: counter(port, "stt_eager_guesses_total", outcome=o) for o in outcomes}
 
 
 def measure(
@@ -288,7 +277,7 @@ def measure(
     if latencies:
         result |= {
             "p50": round(statistics.median(latencies), 3),
-            "p95": round(percentile(latencies, 0.95), 3),
+            "p95": round(percentile(latencies, 95), 3),
             "max": round(max(latencies), 3),
         }
     return result

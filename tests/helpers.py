@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import redis
 import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
 
 from services import keys
 
@@ -98,6 +100,12 @@ class Stream:
     pcm: bytes
     texts: tuple[str, ...]
     utterances: tuple[tuple[float, float], ...]  # (start, end) seconds of each sentence
+
+    def clips(self, pad_s: float = 0.3) -> list[np.ndarray]:
+        """Each sentence cut out as float32 samples, with ``pad_s`` of its silence on both sides."""
+        audio = (np.frombuffer(self.pcm, np.int16) / 32768).astype(np.float32)
+        rate = self.rate
+        return [audio[max(0, int((a - pad_s) * rate)) : int((b + pad_s) * rate)] for a, b in self.utterances]
 
 
 class Speech:
@@ -208,7 +216,7 @@ def finals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("type") == "final"]
 
 
-# --- readiness, read from Redis: what the services themselves signal, never their log text --------
+# --- readiness and counters: what the services themselves signal (Redis, /metrics), never their log text
 
 
 def alive(redis_url: str, name: str) -> bool:
@@ -222,6 +230,18 @@ def serving(redis_url: str, pool: str, role: str | None = None) -> int:
     with redis.Redis.from_url(redis_url) as client:
         roles = [client.get(key) for key in client.scan_iter(match=keys.consumer_pattern(pool))]
     return sum(r is not None and role in (None, r.decode()) for r in roles)
+
+
+def counter(port: int, name: str, **labels: str) -> float:
+    """The sum of metric ``name``'s samples that carry ``labels``, scraped from ``/metrics`` at ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def open_sessions(redis_url: str) -> int:

@@ -47,9 +47,7 @@ def model() -> CTranslate2Model:
 def utterances(speech: Speech, which: tuple[int, ...]) -> tuple[list[NDArray[np.float32]], tuple[str, ...]]:
     """Each sentence cut out of a 16 kHz stream with 0.3 s of its silence on both sides."""
     stream = speech.stream(16000, which)
-    audio = (np.frombuffer(stream.pcm, np.int16) / 32768).astype(np.float32)
-    clips = [audio[int((a - PAD_S) * 16000) : int((b + PAD_S) * 16000)] for a, b in stream.utterances]
-    return clips, stream.texts
+    return stream.clips(PAD_S), stream.texts
 
 
 def test_transcribes_two_sentences(model: CTranslate2Model, speech: Speech) -> None:

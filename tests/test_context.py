@@ -41,9 +41,7 @@ def test_our_encoder_pass_is_transformers_own_at_30_s(transformers_model: Whispe
 
 def sentences(speech: Speech) -> tuple[list[np.ndarray], tuple[str, ...]]:
     stream = speech.stream(16000, (0, 1, 2, 3, 4, 5))
-    audio = (np.frombuffer(stream.pcm, np.int16) / 32768).astype(np.float32)
-    clips = [audio[int((a - 0.3) * 16000) : int((b + 0.3) * 16000)] for a, b in stream.utterances]
-    return clips, stream.texts
+    return stream.clips(0.3), stream.texts
 
 
 def test_both_backends_transcribe_in_short_windows(transformers_model: WhisperModel, speech: Speech) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.ingest.eager import Eager
 from services.protocol import SegmentResult
 from services.segmenter import Segment
-from tests.helpers import LocalStack, Speech, finals, free_port, run_client, start_ingest
+from tests.helpers import LocalStack, Speech, counter, finals, free_port, run_client, start_ingest
 
 
 def segment(start: float, end: float) -> Segment:
@@ -66,17 +63,6 @@ def test_a_lost_guess_blocks_new_ones_only_until_the_timeout() -> None:
     assert eager.propose(0, segment(1.0, 2.0), now=0) is not None
     assert eager.propose(0, segment(1.0, 3.0), now=4.9) is None
     assert eager.propose(0, segment(1.0, 3.0), now=5.0) is not None
-
-
-def counter(port: int, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def test_finals_are_the_same_with_and_without_eager_endpointing(
