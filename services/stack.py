@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from services.catalog import served_pool
+from services.transcriber.config import cuda_available
 
 STOP_GRACE_S = 15.0
 # The ingest serves /metrics on 9100; transcriber n (from 0, interim ones last) on 9101 + n.
@@ -37,12 +38,6 @@ TRANSCRIBER_METRICS_PORT = 9101
 
 CT2_MODEL = "models/whisper-base-ct2"
 TRANSFORMERS_MODEL = "models/whisper-base"
-
-
-def cuda_present() -> bool:
-    import ctranslate2  # type: ignore[import-untyped]
-
-    return bool(ctranslate2.get_cuda_device_count() > 0)
 
 
 def pick_backend(backend: str, gpu: bool, model_id: str | None) -> tuple[str, str]:
@@ -80,7 +75,7 @@ class StackConfig:
     @classmethod
     def from_env(cls) -> StackConfig:
         device = os.environ.get("DEVICE", "auto")
-        gpu = device == "cuda" or (device == "auto" and cuda_present())
+        gpu = device == "cuda" or (device == "auto" and cuda_available("ctranslate2")[0])
         try:
             port = int(os.environ.get("PORT", "8000"))
             transcribers = int(os.environ.get("TRANSCRIBERS", str(default_transcribers(gpu))))

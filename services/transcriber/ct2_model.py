@@ -109,8 +109,9 @@ def ct2_directory(model_id: str) -> Path:
     except Exception as exc:  # the converter raises whatever transformers or the Hub raise
         shutil.rmtree(partial, ignore_errors=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = "is not a CTranslate2 Whisper directory" if path.exists() else "is no directory here"
         raise ModelLoadError(
-            f"{model_id!r} is not a CTranslate2 Whisper directory and converting it failed: {first} "
+            f"{model_id!r} {what}, and converting it failed: {first} "
             "(no Hugging Face Hub access? `make offline-model` builds models/whisper-base-ct2)"
         ) from None
     try:

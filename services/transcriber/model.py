@@ -65,7 +65,7 @@ class WhisperModel:
 
         transformers' ``WhisperEncoder.forward`` accepts only 3000 frames; this is the same
         computation (convolutions, positional embeddings, layers, final norm) with the
-        positional embeddings cut to the input's length. tests/test_backends.py checks that
+        positional embeddings cut to the input's length. tests/test_context.py checks that
         it equals ``forward`` at 3000 frames.
         """
         encoder = self.model.get_encoder()
