@@ -1,7 +1,7 @@
 """Speed and WER of the transcriber's model backends on the same audio, by batch size and threads.
 
 The same clips go through every backend: the five espeak-ng sentences of the tests (each cut out
-with 0.3 s of padding; WER against the text, normalised like ``tests.helpers.wer``) and the six real
+with 0.3 s of padding; WER against the text, normalised like ``tools.speech.wer``) and the six real
 Hindi clips in audio/oriserve-examples (no references: their "vs ref" is the WER of a
 backend's output against the transformers fp32 output at the same batch and threads, i.e. how far
 it drifts from the reference, not how right it is). Each set is cycled
@@ -37,10 +37,11 @@ import transformers
 from numpy.typing import NDArray
 
 from bench.common import write_report
+from services.stack import ROOT
 from services.transcriber.ct2_model import CTranslate2Model
 from services.transcriber.interface import Decoding, SpeechModel
 from services.transcriber.model import WhisperModel
-from tests.helpers import HINDI_CLIPS, ROOT, Speech, wer
+from tools.speech import HINDI_CLIPS, Speech, wer
 
 MODEL_DIR = ROOT / "models" / "whisper-base"
 CT2_DIR = ROOT / "models" / "whisper-base-ct2"

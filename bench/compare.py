@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,29 +42,15 @@ from typing import Any
 import numpy as np
 import redis
 import redis.asyncio as aioredis
-from numpy.typing import NDArray
-from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
-from bench.common import write_report
-from bench.measure import cpu_seconds, nearest_rank
+from bench.common import Fleet, Session, fleet, write_report
+from bench.measure import cpu_seconds, nearest_rank, spread
+from bench.peers import SeedSession
 from services import keys
 from services.protocol import SegmentResult
 from services.segmenter import Segment, Segmenter, SegmenterConfig
-from tests.helpers import (
-    MODEL_DIR,
-    ROOT,
-    LocalStack,
-    Proc,
-    Speech,
-    Stream,
-    alive,
-    free_port,
-    port_open,
-    wait_until,
-    wer,
-)
+from services.stack import MODEL_DIR, POOL, ROOT, Proc, Stack, free_port, port_open, samples, wait_until
+from tools.speech import Speech, Stream, wer
 
 RATE, CHUNK_MS = 16000, 20
 CHUNK = RATE * CHUNK_MS // 1000 * 2
@@ -153,96 +136,23 @@ def make_plans(
 # --- the load generator -------------------------------------------------------------------------------
 
 
-@dataclass
-class Client:
-    plan: Plan
-    t0: float  # wall time frame 0 is due
-    seed: bool  # the seed's protocol: no ready/final/done, one {"text"} per segment
-    sent: NDArray[np.float64] = field(repr=False)  # wall time each frame left (NaN: never)
-    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list, repr=False)
-    complete: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    port: int = 0
-    error: str = ""  # the server closed the session early
-    gave_up: bool = False  # not every answer was there at the deadline
-
-    def due(self, chunk: int) -> float:
-        return self.t0 + chunk * STEP
-
-    async def receive(self, ws: ClientConnection) -> None:
-        try:
-            async for message in ws:
-                event = json.loads(message)
-                self.events.append((time.time(), event))
-                if event.get("type") == "done" or (self.seed and len(self.events) >= len(self.plan.cuts)):
-                    self.complete.set()
-        except ConnectionClosed as exc:
-            if not (self.complete.is_set() or self.gave_up):
-                self.error = self.error or f"closed: {exc}"
-
-    async def finish(self, ws: ClientConnection, sent_all: asyncio.Event, deadline: float) -> None:
-        """Once all audio is out, wait for every answer (or ``deadline``), then close."""
-        await sent_all.wait()
-        try:
-            await asyncio.wait_for(self.complete.wait(), max(0.0, deadline - time.time()))
-        except TimeoutError:
-            self.gave_up = True
-        await ws.close()
-
-
-async def send(group: list[tuple[Client, ClientConnection]], sent_all: asyncio.Event) -> None:
-    """Send a group's frames on its clock, then end of audio (ours). One group per session keeps a
-    server that stops reading one session from holding up the others; a few large groups are cheaper."""
-    t0, frames = group[0][0].t0, max(len(c.sent) for c, _ in group)
-    for n in range(frames):
-        await asyncio.sleep(max(0.0, t0 + n * STEP - time.time()))
-        for client, ws in group:
-            if n < len(client.sent) and not client.error:
-                try:
-                    await ws.send(client.plan.pcm[n * CHUNK : (n + 1) * CHUNK])
-                    client.sent[n] = time.time()
-                except ConnectionClosed as exc:
-                    client.error = client.error or f"closed while sending: {exc}"
-    for client, ws in group:
-        if not client.seed and not client.error:
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(json.dumps({"type": "eof"}))
-    sent_all.set()
-
-
-@dataclass
-class Run:
-    clients: list[Client]
-    t0: float
-    closed: float  # when the last session was closed
-
-
-async def fleet(
+async def drive(
     uri: str, todo: list[Plan], seed: bool, grace: float, probe: Probe | None, groups: int
-) -> Run:
-    """One session per plan, all at once, in ``groups`` sender groups spread over the 20 ms tick;
-    ``probe`` marks the steady window."""
-    conns = await asyncio.gather(*(connect(uri, open_timeout=60, close_timeout=2) for _ in todo))
-    groups = min(groups, len(todo))
-    t0 = time.time() + 0.5
-    clients = [
-        Client(plan, t0 + (i % groups) * STEP / groups, seed, np.full(len(plan.pcm) // CHUNK, np.nan))
-        for i, plan in enumerate(todo)
+) -> Fleet:
+    """One session per plan, all at once (``bench.common.fleet``); ``probe`` marks the steady window."""
+    sessions = [
+        SeedSession(uri, plan.pcm, RATE, CHUNK_MS, expected=len(plan.cuts))
+        if seed
+        else Session(uri, plan.pcm, RATE, CHUNK_MS)
+        for plan in todo
     ]
     seconds = max(len(plan.pcm) for plan in todo) / CHUNK * STEP
-    async with asyncio.TaskGroup() as tasks:
+
+    async def mark(t0: float) -> None:
         if probe is not None:
-            tasks.create_task(probe.at(*(t0 + x for x in window(seconds))))
-        for g in range(groups):
-            members = [
-                (c, ws) for i, (c, ws) in enumerate(zip(clients, conns, strict=True)) if i % groups == g
-            ]
-            sent_all = asyncio.Event()
-            tasks.create_task(send(members, sent_all))
-            for client, ws in members:
-                client.port = ws.local_address[1]
-                tasks.create_task(client.receive(ws))
-                tasks.create_task(client.finish(ws, sent_all, t0 + seconds + grace))
-    return Run(clients, t0, time.time())
+            await probe.at(*(t0 + x for x in window(seconds)))
+
+    return await fleet(sessions, groups, grace, mark)
 
 
 def window(seconds: float) -> Span:
@@ -282,14 +192,11 @@ async def snoop(redis_url: str, into: dict[tuple[str, int], Timing]) -> None:
 
 
 def scrape(port: int) -> dict[str, float]:
-    """A /metrics page; samples summed over their labels, histogram buckets left out."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-        text = page.read().decode()
+    """Each metric's samples summed over their labels (histogram buckets left out)."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if "le" not in sample.labels:
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    for sample in samples(port):
+        if "le" not in sample.labels:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
     return out
 
 
@@ -347,15 +254,7 @@ class Probe:
 # --- analysis ------------------------------------------------------------------------------------------
 
 Answer = tuple[Cut, float | None, Timing | None, str]  # a segment, its reply's arrival, timings, text
-
-
-def spread(values: Sequence[float]) -> dict[str, float | None]:
-    ordered = sorted(values)
-    out: dict[str, float | None] = {
-        f"p{q}": round(ordered[nearest_rank(len(ordered), q)], 4) if ordered else None for q in (50, 95, 99)
-    }
-    out["mean"] = round(float(np.mean(ordered)), 4) if ordered else None
-    return out
+Record = dict[str, Any]  # one line of the seed server's timing log
 
 
 def censored(values: Sequence[tuple[float, bool]]) -> dict[str, Any]:
@@ -370,30 +269,32 @@ def censored(values: Sequence[tuple[float, bool]]) -> dict[str, Any]:
     return out
 
 
-def answers_ours(client: Client, found: dict[tuple[str, int], Timing]) -> list[Answer]:
-    session = next((e["session"] for _, e in client.events if e.get("type") == "ready"), "")
-    finals = {e["segment"]: (t, e["text"]) for t, e in client.events if e.get("type") == "final"}
+def answers_ours(session: Session, plan: Plan, found: dict[tuple[str, int], Timing]) -> list[Answer]:
+    name = next((r.event["session"] for r in session.events if r.event.get("type") == "ready"), "")
+    finals = {r.event["segment"]: (r.at, r.event["text"]) for r in session.finals}
     out: list[Answer] = []
-    for number, c in enumerate(client.plan.cuts):
+    for number, c in enumerate(plan.cuts):
         arrival, text = finals.get(number, (None, ""))
-        out.append((c, arrival, found.get((session, number)), text))
+        out.append((c, arrival, found.get((name, number)), text))
     return out
 
 
-def answers_seed(client: Client, records: dict[tuple[int, int], dict[str, Any]]) -> list[Answer]:
+def answers_seed(
+    session: Session, plan: Plan, records: dict[tuple[int, int], dict[str, Any]]
+) -> list[Answer]:
     out: list[Answer] = []
-    for number, (arrival, event) in enumerate(client.events):
-        r = records.get((client.port, number))
-        if r is None:
+    for number, received in enumerate(session.finals):
+        r = records.get((session.port, number))
+        chunk = -1 if r is None else r["message"] - 1  # the frame whose arrival closed the segment
+        if r is None or chunk >= len(session.sent):
             continue
-        chunk = r["message"] - 1  # the frame whose arrival closed the segment
-        c = Cut(chunk, r["start"], r["end"], utterance_of((r["start"], r["end"]), client.plan.utterances))
-        timing = Timing(r["endpoint_at"], float(client.sent[chunk]), r["model_start"], r["model_end"])
-        out.append((c, arrival, timing, str(event.get("text", ""))))
+        c = Cut(chunk, r["start"], r["end"], utterance_of((r["start"], r["end"]), plan.utterances))
+        timing = Timing(r["endpoint_at"], session.sent[chunk], r["model_start"], r["model_end"])
+        out.append((c, received.at, timing, str(received.event.get("text", ""))))
     return out
 
 
-def analyse(run: Run, answers: list[list[Answer]], seconds: float) -> dict[str, Any]:
+def analyse(run: Fleet, plans: list[Plan], answers: list[list[Answer]], seconds: float) -> dict[str, Any]:
     e2e: list[tuple[float, bool]] = []
     parts: dict[str, list[float]] = {
         k: []
@@ -410,40 +311,40 @@ def analyse(run: Run, answers: list[list[Answer]], seconds: float) -> dict[str, 
     lo, hi = window(seconds)
     done_speech = done_audio = offered = 0.0
     refs, hyps = [], []
-    for client, mine in zip(run.clients, answers, strict=True):
-        offered += sum(overlap(s, (0.0, seconds)) for s in client.plan.speech)
+    for session, plan, mine in zip(run.sessions, plans, answers, strict=True):
+        offered += sum(overlap(s, (0.0, seconds)) for s in plan.speech)
         last: dict[int, Answer] = {}
         for answer in mine:
             segment, _, done, _ = answer
             if done is not None and run.t0 + lo <= done.model_end <= run.t0 + hi:
-                done_speech += sum(overlap((segment.start, segment.end), s) for s in client.plan.speech)
+                done_speech += sum(overlap((segment.start, segment.end), s) for s in plan.speech)
                 done_audio += segment.end - segment.start
             if segment.utterance >= 0:
                 last[segment.utterance] = answer
-        for u, (_, end) in enumerate(client.plan.utterances):
-            due_end = client.due(int(end * RATE) * 2 // CHUNK)
+        for u, (_, end) in enumerate(plan.utterances):
+            due_end = session.due(session.frame_of(end))
             c, arrival, timing, text = last.get(u, (None, None, None, ""))
-            sent = float(client.sent[c.chunk]) if c is not None else math.nan
-            if c is None or arrival is None or timing is None or math.isnan(sent):
+            if c is None or arrival is None or timing is None or c.chunk >= len(session.sent):
                 e2e.append((run.closed - due_end, True))
                 continue
             e2e.append((arrival - due_end, False))
+            sent = session.sent[c.chunk]
             queue, model = timing.model_start - timing.waits_from, timing.model_end - timing.model_start
-            parts["hangover"].append(client.due(c.chunk) - due_end)
-            parts["client_lag"].append(sent - client.due(c.chunk))
+            parts["hangover"].append(session.due(c.chunk) - due_end)
+            parts["client_lag"].append(sent - session.due(c.chunk))
             parts["queue_wait"].append(queue)
             parts["model"].append(model)
             parts["overhead"].append(arrival - sent - queue - model)
             parts["overhead_with_queue"].append(arrival - sent - model)
             parts["frame_lag"].append(timing.endpoint_at - sent)
-            refs.append(client.plan.texts[u])
+            refs.append(plan.texts[u])
             hyps.append(text)
-    failures = [c.error for c in run.clients if c.error]
+    failures = [s.error for s in run.sessions if s.error]
     return {
         "utterances": len(e2e),
         "answered": sum(not c for _, c in e2e),
         "failed_sessions": len(failures),
-        "sessions_given_up": sum(c.gave_up for c in run.clients),
+        "sessions_given_up": sum(run.gave_up),
         "failures": sorted(set(failures))[:3],
         "e2e_s": censored(e2e),
         "parts_s": {k: spread(v) for k, v in parts.items()},
@@ -464,54 +365,54 @@ def drained(redis_url: str, name: str) -> bool:
 
 
 async def run_ours(
-    stack: LocalStack, todo: list[Plan], grace: float, probe: Probe, seconds: float, groups: int
+    stack: Stack, todo: list[Plan], grace: float, probe: Probe, seconds: float, groups: int
 ) -> dict[str, Any]:
     found: dict[tuple[str, int], Timing] = {}
     listener = asyncio.create_task(snoop(stack.redis_url, found))
     await asyncio.sleep(0.5)  # subscribed
-    run = await fleet(f"{stack.uri}/?sample_rate={RATE}", todo, False, grace, probe, groups)
+    run = await drive(stack.uri, todo, False, grace, probe, groups)
     await asyncio.sleep(0.5)
     listener.cancel()
     await asyncio.wait({listener})
-    result = analyse(run, [answers_ours(c, found) for c in run.clients], seconds)
+    answers = [answers_ours(s, plan, found) for s, plan in zip(run.sessions, todo, strict=True)]
+    result = analyse(run, todo, answers, seconds)
     return result | {"metrics": probe.summary()}
 
 
 def start_stack(
     workdir: Path,
-    transcriber: list[str],
+    module: str,
+    model_id: str,
+    flags: Sequence[str],
     count: int,
     ingest_flags: Sequence[str],
     env: dict[str, str] | None = None,
-) -> tuple[LocalStack, dict[str, int]]:
-    """redis-server, one ingest and ``count`` transcribers (``transcriber``: the command), with /metrics."""
+) -> tuple[Stack, dict[str, int]]:
+    """redis-server, one ingest and ``count`` transcribers (``module`` with ``flags``), with /metrics."""
     ports = {"ingest": free_port()}
-    stack = LocalStack(
+    stack = Stack.base(
         workdir, transcribers=0, ingest_flags=("--metrics-port", str(ports["ingest"]), *ingest_flags)
     )
-    for i in range(count):
-        ports[f"transcriber-{i + 1}"] = port = free_port()
-        log = workdir / f"transcriber-{i}-{time.time_ns()}.log"
-        args = [*transcriber, "--redis-url", stack.redis_url, "--metrics-port", str(port)]
-        stack.transcribers.append(Proc("transcriber", args, log, env))
     try:
+        for i in range(count):
+            ports[f"transcriber-{i + 1}"] = port = free_port()
+            stack.start_transcriber(model_id, *flags, module=module, env=env, metrics_port=port)
         wait_until(lambda: all(port_open(p) for p in ports.values()), 180, "the transcribers to start")
-        wait_until(lambda: alive(stack.redis_url, stack.name), 30, "the transcribers to join")
+        stack.wait_serving(POOL, count, timeout=30)
     except BaseException:
         stack.stop()
         raise
     return stack, ports
 
 
-def pids_of(stack: LocalStack) -> dict[str, int]:
+def pids_of(stack: Stack) -> dict[str, int]:
     pids = {"ingest": stack.ingest.popen.pid, "redis": stack.redis.popen.pid, "clients": os.getpid()}
     return pids | {f"transcriber-{i + 1}": p.popen.pid for i, p in enumerate(stack.transcribers)}
 
 
 def ours(workdir: Path, stream: Stream, args: argparse.Namespace, cache: dict[Any, Plan]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "services.transcriber", "--model-id", args.model_id, "--device", "cpu"]
-    command += ["--max-batch", str(args.max_batch), *args.transcriber_arg]
-    stack, ports = start_stack(workdir, command, args.transcribers, ())
+    flags = ["--device", "cpu", "--max-batch", str(args.max_batch), *args.transcriber_arg]
+    stack, ports = start_stack(workdir, "services.transcriber", args.model_id, flags, args.transcribers, ())
     out = {}
     try:
         for n in args.session_counts:
@@ -519,7 +420,7 @@ def ours(workdir: Path, stream: Stream, args: argparse.Namespace, cache: dict[An
             todo = make_plans(stream, n, args.seconds, cache)
             out[str(n)] = result = asyncio.run(run_ours(stack, todo, args.grace, probe, args.seconds, n))
             print(line("ours", n, result), flush=True)
-            wait_until(lambda: drained(stack.redis_url, stack.name), 300, "the transcribers to drain")
+            wait_until(lambda: drained(stack.redis_url, POOL), 300, "the transcribers to drain")
     finally:
         stack.stop()
     return out
@@ -538,14 +439,13 @@ def seed(workdir: Path, stream: Stream, args: argparse.Namespace, cache: dict[An
                 raise RuntimeError(f"the seed server exited: {proc.log[-2000:]}")
             probe = Probe({"seed": proc.popen.pid, "clients": os.getpid()}, {})
             todo = make_plans(stream, n, args.seconds, cache)
-            run = asyncio.run(
-                fleet(f"ws://127.0.0.1:{port}/?sample_rate={RATE}", todo, True, args.grace, probe, n)
-            )
+            run = asyncio.run(drive(f"ws://127.0.0.1:{port}", todo, True, args.grace, probe, n))
         finally:
             proc.stop()
         records = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
         by_key = {(r["port"], r["segment"]): r for r in records}
-        result = analyse(run, [answers_seed(c, by_key) for c in run.clients], args.seconds)
+        answers = [answers_seed(s, plan, by_key) for s, plan in zip(run.sessions, todo, strict=True)]
+        result = analyse(run, todo, answers, args.seconds)
         out[str(n)] = result = result | {"metrics": probe.summary()}
         print(line("seed", n, result), flush=True)
     return out
@@ -597,11 +497,10 @@ def pin(pid: int, cpus: set[int]) -> None:
 def ingest_alone(
     workdir: Path, stream: Stream, args: argparse.Namespace, cache: dict[Any, Plan]
 ) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.echo_worker", "--serve-as", MODEL_DIR.name]
-    command += ["--max-batch", "64", "--batch-wait-ms", "0"]
+    worker = ["--serve-as", POOL, "--max-batch", "64", "--batch-wait-ms", "0", "--log-level", "WARNING"]
     flags = ("--max-sessions", "5000", *args.ingest_arg)
     env = {"ECHO_MODEL_TIME": args.echo_model_time}
-    stack, ports = start_stack(workdir, [*command, "--log-level", "WARNING"], 1, flags, env)
+    stack, ports = start_stack(workdir, "bench.echo_worker", "echo", worker, 1, flags, env)
     everything = os.sched_getaffinity(0)
     pinned = (os.cpu_count() or 1) >= 2
     steps: dict[str, Any] = {}
@@ -625,7 +524,7 @@ def ingest_alone(
             print(line("ingest+echo", n, result), flush=True)
             if not result["carried"]:
                 break
-            wait_until(lambda: drained(stack.redis_url, stack.name), 60, "the echo worker to drain")
+            wait_until(lambda: drained(stack.redis_url, POOL), 60, "the echo worker to drain")
     finally:
         if pinned:
             os.sched_setaffinity(0, everything)

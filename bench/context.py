@@ -32,9 +32,10 @@ import torch
 
 from bench.backends import BACKENDS, RATE, Clip, hindi_clips, machine
 from bench.common import write_report
+from services.stack import ROOT
 from services.transcriber.guard import collapse_repeats, judge
 from services.transcriber.interface import Decoding, SpeechModel
-from tests.helpers import ROOT, Speech, espeak, to_rate, wer
+from tools.speech import Speech, espeak, to_rate, wer
 
 PAD_S = 0.3
 THREADS = 2

@@ -23,7 +23,8 @@ import soundfile as sf
 import webrtcvad
 
 from bench.common import match_finals, stream_real_time, write_report
-from tests.helpers import HINDI_CLIPS, ROOT, LocalStack, Speech, Stream, start_ingest, wer
+from services.stack import POOL, ROOT, Stack, start_ingest
+from tools.speech import HINDI_CLIPS, Speech, Stream, wer
 
 
 def measure(uri: str, stream: Stream, chunk_ms: int) -> dict[str, Any]:
@@ -71,10 +72,10 @@ def main() -> int:
         workdir = Path(tmp)
         speech = Speech(workdir)
         stream = speech.stream(16000)
-        stack = LocalStack(workdir)
+        stack = Stack.base(workdir)
         # This measures one ingest per setting: the stack's own ingest is not used.
         stack.ingest.stop()
-        redis_url, name = stack.redis_url, stack.name
+        redis_url, name = stack.redis_url, POOL
         report: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d"),
             "model": name,
@@ -83,7 +84,7 @@ def main() -> int:
         }
         try:
             for silence in [int(x) for x in args.silence_ms.split(",")]:
-                uri, ingest = start_ingest(redis_url, workdir, name, "--silence-ms", str(silence))
+                uri, ingest = start_ingest(redis_url, name, "--silence-ms", str(silence))
                 try:
                     report["settings"][silence] = result = measure(uri, stream, args.chunk_ms)
                 finally:

@@ -1,5 +1,6 @@
 """Measuring helpers the benches share, with no dependencies (bench/gpu.py runs where only torch
-and transformers are installed): nearest-rank percentiles and a process's CPU seconds."""
+and transformers are installed): nearest-rank percentiles, their
+summary and a process's CPU seconds."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of ``values`` (not empty), by nearest rank."""
     ordered = sorted(values)
     return ordered[nearest_rank(len(ordered), q)]
+
+
+def spread(
+    values: Sequence[float], qs: Sequence[int] = (50, 95, 99), digits: int = 4
+) -> dict[str, float | None]:
+    """``p50``, ``p95``, ... (nearest rank) and ``mean`` of ``values``; each None when it is empty."""
+    ordered = sorted(values)
+    out: dict[str, float | None] = {
+        f"p{q}": round(ordered[nearest_rank(len(ordered), q)], digits) if ordered else None for q in qs
+    }
+    out["mean"] = round(math.fsum(ordered) / len(ordered), digits) if ordered else None
+    return out
 
 
 def cpu_seconds(pid: int) -> float:

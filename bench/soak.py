@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.common import Session, match_finals, write_report
-from tests.helpers import ROOT, LocalStack, Proc, Speech, Stream
+from bench.measure import spread
+from services.stack import POOL, ROOT, Proc, Stack
+from tools.speech import Speech, Stream
 
 LATENCY_DRIFT = 1.5  # last full minute's p50 may be at most this times the first's
 RSS_GROWTH = 0.10  # the last full minute's RSS may be at most this much above minute 2's
@@ -95,7 +95,7 @@ async def sample_rss(
     """Append {t, name: MiB, ...} every ``every`` s until ``stop``; call ``progress`` once a minute."""
     reported = 0
     while True:
-        sample: dict[str, Any] = {"t": round(time.monotonic() - t0, 1)}
+        sample: dict[str, Any] = {"t": round(time.time() - t0, 1)}
         sample.update({name: rss_mib(pid) for name, pid in pids.items()})
         into.append(sample)
         if sample["t"] >= 60 * (reported + 1):
@@ -107,7 +107,7 @@ async def sample_rss(
             await asyncio.wait_for(stop.wait(), every)
 
 
-async def soak(stack: LocalStack, plans: list[Script], rate: int, args: argparse.Namespace) -> dict[str, Any]:
+async def soak(stack: Stack, plans: list[Script], rate: int, args: argparse.Namespace) -> dict[str, Any]:
     """Run every session at once while sampling RSS; return the raw record of what happened."""
     procs = {"redis": stack.redis, "ingest": stack.ingest}
     procs.update({f"transcriber-{i + 1}": p for i, p in enumerate(stack.transcribers)})
@@ -116,7 +116,7 @@ async def soak(stack: LocalStack, plans: list[Script], rate: int, args: argparse
     failures: list[str | None] = [None] * len(sessions)
     samples: list[dict[str, Any]] = []
     stop = asyncio.Event()
-    t0 = time.monotonic()
+    t0 = time.time()  # the clock bench.common stamps frames and events with
 
     def progress(sample: dict[str, Any]) -> None:
         finals = sum(len(s.finals) for s in sessions)
@@ -140,8 +140,8 @@ async def soak(stack: LocalStack, plans: list[Script], rate: int, args: argparse
     return {"t0": t0, "sessions": sessions, "failures": failures, "samples": samples, "alive": alive}
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if values else None
+def seconds(stats: dict[str, float | None]) -> dict[str, float | None]:
+    return {f"{name}_s": value for name, value in stats.items()}
 
 
 def analyse(plans: list[Script], run: dict[str, Any], chunk_ms: int) -> dict[str, Any]:
@@ -203,18 +203,14 @@ def analyse(plans: list[Script], run: dict[str, Any], chunk_ms: int) -> dict[str
                 "full": (m + 1) * 60 <= stream_end,
                 "utterances_ended": sum(m * 60 <= x[0] < (m + 1) * 60 for x in timed),
                 "finals": sum(m * 60 <= a < (m + 1) * 60 for a in arrivals),
-                "p50_s": percentile(latencies, 50),
-                "p99_s": percentile(latencies, 99),
+                **seconds(spread(latencies, (50, 99), 3)),
                 "rss_mib": {p: max((s[p] for s in rss if s[p] is not None), default=None) for p in procs},
             }
         )
     return {
         "totals": dict(totals),
         "errors_by_code": dict(errors),
-        "latency_all": {
-            "p50_s": percentile([x[2] for x in timed], 50),
-            "p99_s": percentile([x[2] for x in timed], 99),
-        },
+        "latency_all": seconds(spread([x[2] for x in timed], (50, 99), 3)),
         "minutes": minutes,
         "sessions": details,
     }
@@ -274,9 +270,7 @@ def log_problems(procs: list[Proc]) -> dict[str, list[str]]:
     for proc in procs:
         lines = [line for line in proc.log.splitlines() if LOG_PROBLEM.search(line)]
         if lines:
-            out[proc.log_path.name] = lines[:20] + (
-                [f"... {len(lines) - 20} more"] if len(lines) > 20 else []
-            )
+            out[proc.name] = lines[:20] + ([f"... {len(lines) - 20} more"] if len(lines) > 20 else [])
     return out
 
 
@@ -322,7 +316,7 @@ def main() -> int:
             f"({len(plans[0].utterances)} utterances each), {args.transcribers} transcriber(s)",
             flush=True,
         )
-        stack = LocalStack(workdir, transcribers=args.transcribers)
+        stack = Stack.base(workdir, transcribers=args.transcribers)
         try:
             run = asyncio.run(soak(stack, plans, stream.rate, args))
             problems = log_problems([stack.redis, stack.ingest, *stack.transcribers])
@@ -336,7 +330,7 @@ def main() -> int:
     judged = verdict(result, run)
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "model": stack.name,
+        "model": POOL,
         "sessions": args.sessions,
         "transcribers": args.transcribers,
         "chunk_ms": args.chunk_ms,

@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,21 +43,11 @@ from typing import Any
 import redis
 
 from bench.common import Session, match_finals, write_report
-from bench.measure import cpu_seconds, percentile
+from bench.measure import cpu_seconds, spread
 from bench.peers import SeedSession, WhisperLiveSession
 from services import keys
-from tests.helpers import (
-    MODEL_DIR,
-    ROOT,
-    Proc,
-    Speech,
-    Stream,
-    counter,
-    free_port,
-    port_open,
-    wait_until,
-    wer,
-)
+from services.stack import MODEL_DIR, ROOT, Proc, counter, free_port, port_open, wait_until
+from tools.speech import Speech, Stream, wer
 
 SENTENCES = (0, 1, 2, 3, 4, 5)
 CHUNK_MS = 20
@@ -275,11 +264,7 @@ def measure(
         "eager_guesses": eager,
     }
     if latencies:
-        result |= {
-            "p50": round(statistics.median(latencies), 3),
-            "p95": round(percentile(latencies, 95), 3),
-            "max": round(max(latencies), 3),
-        }
+        result |= spread(latencies, (50, 95), 3) | {"max": round(max(latencies), 3)}
     return result
 
 

@@ -92,18 +92,18 @@ def add_stream_arguments(parser: argparse.ArgumentParser, *, timeout_s: float) -
 
 
 def build_url(uri: str, sample_rate: int, model: str | None, *, partials: bool = False) -> str:
-    """The session URL: ``uri`` with ``sample_rate`` (and ``model``, ``interim``) in its query."""
+    """The session URL: ``uri`` with ``sample_rate`` (and ``model``, ``partials``) in its query."""
     parts = urlsplit(uri)
     query = [
         (key, value)
         for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        if key not in ("sample_rate", "model", "interim")
+        if key not in ("sample_rate", "model", "partials")
     ]
     query.append(("sample_rate", str(sample_rate)))
     if model:
         query.append(("model", model))
     if partials:
-        query.append(("interim", "1"))
+        query.append(("partials", "1"))
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", urlencode(query), ""))
 
 

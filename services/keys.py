@@ -14,9 +14,9 @@ def segment_stream(model: str) -> str:
     return f"{PREFIX}:segments:{model}"
 
 
-def interim_stream(model: str) -> str:
-    """Interim (partial) requests for ``model``: served only when no final work waits."""
-    return f"{PREFIX}:interim:{model}"
+def partials_stream(model: str) -> str:
+    """Partial requests for ``model``: served only when no final work waits."""
+    return f"{PREFIX}:partials:{model}"
 
 
 def dead_letter_stream(model: str) -> str:

@@ -72,7 +72,7 @@ class SessionParams:
 
     sample_rate: int = DEFAULT_SAMPLE_RATE
     model: str | None = None
-    interim: bool = False
+    partials: bool = False
 
 
 def parse_query(query: str) -> SessionParams:
@@ -95,9 +95,9 @@ def parse_query(query: str) -> SessionParams:
             )
     models = params.get("model", [])
     model = models[-1].strip() if models else None
-    interims = params.get("interim", [])
-    interim = bool(interims) and interims[-1].strip().lower() in ("1", "true", "yes", "on")
-    return SessionParams(sample_rate=sample_rate, model=model or None, interim=interim)
+    asked = params.get("partials", [])
+    partials = bool(asked) and asked[-1].strip().lower() in ("1", "true", "yes", "on")
+    return SessionParams(sample_rate=sample_rate, model=model or None, partials=partials)
 
 
 def check_audio_frame(frame: bytes) -> None:
@@ -146,7 +146,7 @@ class Ready:
     session: str
     model: str
     sample_rate: int
-    interim: bool = False
+    partials: bool = False
     type: Literal["ready"] = "ready"
 
     def to_json(self) -> str:
@@ -233,7 +233,7 @@ class SegmentJob:
     end: float
     endpoint_at: float
     enqueued_at: float
-    partial: bool = False  # an interim request for a segment still open
+    partial: bool = False  # a partial request for a segment still open
     eager: int = 0  # a guess of eager endpointing (its token), made before the pause was confirmed
 
     def to_fields(self) -> dict[str, bytes | str]:

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import MODEL_DIR, LocalStack, Speech
+from services.stack import MODEL_DIR, Stack
+from tools.speech import Speech
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +19,9 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
 
 
 @pytest.fixture(scope="session")
-def base_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def base_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """redis-server, one ingest and one transcriber serving the real whisper-base (`make offline-model`)."""
     assert (MODEL_DIR / "model.safetensors").is_file(), "run `make offline-model` first (make test does)"
-    stack = LocalStack(tmp_path_factory.mktemp("stack"))
+    stack = Stack.base(tmp_path_factory.mktemp("stack"))
     yield stack
     stack.stop()

@@ -15,24 +15,14 @@ from numpy.typing import NDArray
 from transformers import WhisperFeatureExtractor
 
 from services import keys, metrics
+from services.stack import MODEL_DIR, ROOT, Proc, Stack, free_port, port_open, wait_until
 from services.transcriber.config import ConfigError, parse_args
 from services.transcriber.ct2_model import CTranslate2Model, LogMel, ct2_directory, ct2_max_length
 from services.transcriber.guard import judge
 from services.transcriber.interface import Decoding, ModelLoadError, Transcript
 from services.transcriber.worker import Worker, ensure_group
-from tests.helpers import (
-    MODEL_DIR,
-    ROOT,
-    LocalStack,
-    Proc,
-    Speech,
-    finals,
-    free_port,
-    port_open,
-    run_client,
-    wait_until,
-    wer,
-)
+from tests.helpers import finals, run_client
+from tools.speech import Speech, wer
 
 CT2_DIR = ROOT / "models" / "whisper-base-ct2"
 PAD_S = 0.3
@@ -118,7 +108,7 @@ def test_stack_with_the_ctranslate2_backend(speech: Speech, tmp_path: Path) -> N
         "--serve-as",
         "whisper-base",
     )
-    stack = LocalStack(tmp_path, transcriber_flags=flags)
+    stack = Stack.base(tmp_path, transcriber_flags=flags)
     try:
         stream = speech.stream(16000, (0, 1))
         code, events, stderr = run_client(stack.uri, stream.path, "--fast")
@@ -160,7 +150,7 @@ def read_batch(redis_url: str, wait_ms: int, later: int) -> tuple[int, float]:
         client = aioredis.Redis.from_url(redis_url)
         registry = metrics.new_registry()
         worker = Worker(config, client, NoModel(), metrics.TranscriberMetrics(registry, "t"))
-        for stream in (keys.segment_stream("t"), keys.interim_stream("t")):
+        for stream in (keys.segment_stream("t"), keys.partials_stream("t")):
             await ensure_group(client, stream)
 
         async def add_later() -> None:

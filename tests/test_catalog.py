@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.catalog import requested_pool, served_pool
-from tests.helpers import MODEL_DIR, ROOT
+from services.stack import MODEL_DIR, ROOT
 
 
 def test_aliases_and_their_hub_ids_are_one_pool_on_both_sides() -> None:

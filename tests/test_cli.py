@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from tests.helpers import ROOT
+from services.stack import ROOT
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from services.stack import MODEL_DIR, ROOT
 from services.transcriber.ct2_model import CTranslate2Model
 from services.transcriber.interface import DEFAULT_CONTEXT_S, Decoding, context_frames
 from services.transcriber.model import WhisperModel
-from tests.helpers import MODEL_DIR, ROOT, Speech, wer
+from tools.speech import Speech, wer
 
 CT2_DIR = ROOT / "models" / "whisper-base-ct2"
 

@@ -19,15 +19,15 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.helpers import ROOT
+from services.stack import ROOT
 
 BASE = "docker-compose.yml"
 GPU = "docker-compose.gpu.yml"
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
-APP_SERVICES = ("ingest", "transcriber", "transcriber-interim", "transcriber-prime")
-TRANSCRIBERS = ("transcriber", "transcriber-interim", "transcriber-prime")
+APP_SERVICES = ("ingest", "transcriber", "transcriber-partials", "transcriber-prime")
+TRANSCRIBERS = ("transcriber", "transcriber-partials", "transcriber-prime")
 
 
 def compose_binary() -> Path:
@@ -96,7 +96,7 @@ def test_compose_files_render_and_match_the_compose_spec_schema(which: str) -> N
     validator = jsonschema.Draft7Validator(compose_schema())
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(rendered)]
     assert not errors, "\n".join(errors)
-    expected = {"redis", "ingest", "transcriber", "transcriber-interim", "prometheus", "grafana"}
+    expected = {"redis", "ingest", "transcriber", "transcriber-partials", "prometheus", "grafana"}
     assert set(rendered["services"]) == expected | ({"transcriber-prime"} if profile else set())
 
 
@@ -129,9 +129,9 @@ def test_cpu_stack_shape() -> None:
     assert services["transcriber-prime"]["profiles"] == ["prime"]
     # Swift's finals and partials are served by two pools; Prime's transcribers serve both.
     roles = {name: services[name]["environment"].get("ROLE") for name in TRANSCRIBERS}
-    assert roles == {"transcriber": "finals", "transcriber-interim": "interims", "transcriber-prime": None}
+    assert roles == {"transcriber": "finals", "transcriber-partials": "partials", "transcriber-prime": None}
     swift = services["transcriber"]["environment"]["MODEL_ID"]
-    assert services["transcriber-interim"]["environment"]["MODEL_ID"] == swift
+    assert services["transcriber-partials"]["environment"]["MODEL_ID"] == swift
     assert services["ingest"]["environment"]["METRICS_PORT"] == "9100"
     assert "hf-cache" in render(BASE)["volumes"]
     for name, service in services.items():
@@ -157,7 +157,7 @@ def test_cpu_stack_shape() -> None:
 @pytest.mark.parametrize("profile", ["", "prime"])
 def test_gpu_override_keeps_the_device_reservation(profile: str) -> None:
     services = render(BASE, GPU, profile=profile)["services"]
-    for name in TRANSCRIBERS if profile else ("transcriber", "transcriber-interim"):
+    for name in TRANSCRIBERS if profile else ("transcriber", "transcriber-partials"):
         transcriber = services[name]
         devices = transcriber["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}], devices
@@ -179,10 +179,10 @@ def test_pool_sizes_and_grafana_password_come_from_the_environment() -> None:
     services = render(BASE, GPU, profile="prime", env=env)["services"]
     assert services["transcriber"]["deploy"]["replicas"] == 3
     assert services["transcriber-prime"]["deploy"]["replicas"] == 2
-    assert services["transcriber-interim"]["deploy"]["replicas"] == 1
+    assert services["transcriber-partials"]["deploy"]["replicas"] == 1
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
-    services = render(BASE, env=(("INTERIM_TRANSCRIBERS", "0"), ("TRANSCRIBER_ROLE", "all")))["services"]
-    assert services["transcriber-interim"]["deploy"]["replicas"] == 0
+    services = render(BASE, env=(("PARTIAL_TRANSCRIBERS", "0"), ("TRANSCRIBER_ROLE", "all")))["services"]
+    assert services["transcriber-partials"]["deploy"]["replicas"] == 0
     assert services["transcriber"]["environment"]["ROLE"] == "all"
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 from services.ingest.eager import Eager
 from services.protocol import SegmentResult
 from services.segmenter import Segment
-from tests.helpers import LocalStack, Speech, counter, finals, free_port, run_client, start_ingest
+from services.stack import POOL, Stack, counter, free_port, start_ingest
+from tests.helpers import finals, run_client
+from tools.speech import Speech
 
 
 def segment(start: float, end: float) -> Segment:
@@ -66,7 +68,7 @@ def test_a_lost_guess_blocks_new_ones_only_until_the_timeout() -> None:
 
 
 def test_finals_are_the_same_with_and_without_eager_endpointing(
-    base_stack: LocalStack, speech: Speech, tmp_path: Path
+    base_stack: Stack, speech: Speech, tmp_path: Path
 ) -> None:
     """Real ingests, the real whisper-base transcriber, real-time client: eager guesses are
     confirmed and used, and what the client gets does not change."""
@@ -75,7 +77,7 @@ def test_finals_are_the_same_with_and_without_eager_endpointing(
     for eager_ms in ("0", "200"):
         metrics_port = free_port()
         flags = ("--eager-ms", eager_ms, "--metrics-port", str(metrics_port))
-        uri, ingest = start_ingest(base_stack.redis_url, tmp_path, base_stack.name, *flags)
+        uri, ingest = start_ingest(base_stack.redis_url, POOL, *flags)
         try:
             code, events, stderr = run_client(uri, stream.path)
             assert code == 0, stderr

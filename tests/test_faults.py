@@ -1,6 +1,6 @@
 """Faults injected into real processes: nothing lost, nothing hangs.
 
-Each test runs its own redis-server, transcriber(s) and ingest (tests.helpers.LocalStack)
+Each test runs its own redis-server, transcriber(s) and ingest (services.stack.Stack.base)
 with the real whisper-base, kills or stops something, and checks what clients see.
 """
 
@@ -18,32 +18,23 @@ import pytest
 import redis
 
 from services import keys
-from tests.helpers import (
-    LocalStack,
-    Speech,
-    alive,
-    finals,
-    open_sessions,
-    run_client,
-    segments_queued,
-    serving,
-    wait_until,
-    wer,
-)
+from services.stack import POOL, Stack, alive, open_sessions, segments_queued, serving, wait_until
+from tests.helpers import finals, run_client
+from tools.speech import Speech, wer
 
 
 @pytest.fixture
-def stacks(tmp_path: Path) -> Iterator[list[LocalStack]]:
-    started: list[LocalStack] = []
+def stacks(tmp_path: Path) -> Iterator[list[Stack]]:
+    started: list[Stack] = []
     yield started
     for stack in started:
         stack.stop()
 
 
-def pending_of(stack: LocalStack) -> dict[str, int]:
+def pending_of(stack: Stack) -> dict[str, int]:
     with redis.Redis.from_url(stack.redis_url) as client:
         try:
-            summary: Any = client.xpending(keys.segment_stream(stack.name), keys.GROUP)
+            summary: Any = client.xpending(keys.segment_stream(POOL), keys.GROUP)
         except redis.ResponseError:
             return {}
         return {c["name"].decode(): int(c["pending"]) for c in summary["consumers"] or []}
@@ -58,14 +49,14 @@ def assert_exactly_once_in_order(events: list[dict[str, Any]], texts: tuple[str,
 
 
 def test_sigkill_of_a_transcriber_mid_batch_loses_and_duplicates_nothing(
-    stacks: list[LocalStack], speech: Speech, tmp_path: Path
+    stacks: list[Stack], speech: Speech, tmp_path: Path
 ) -> None:
-    stack = LocalStack(
+    stack = Stack.base(
         tmp_path, transcribers=2, transcriber_flags=("--claim-idle-ms", "2000", "--max-batch", "1")
     )
     stacks.append(stack)
     victim, survivor = stack.transcribers
-    wait_until(lambda: serving(stack.redis_url, stack.name) == 2, 120, "both transcribers")
+    wait_until(lambda: serving(stack.redis_url, POOL) == 2, 120, "both transcribers")
     victim_pid = str(victim.popen.pid)
     streams = [speech.stream(16000, pick) for pick in [(0, 1), (2, 3), (4, 0)]]
     with ThreadPoolExecutor(3) as pool:
@@ -86,9 +77,9 @@ def test_sigkill_of_a_transcriber_mid_batch_loses_and_duplicates_nothing(
 
 
 def test_a_segment_the_model_keeps_failing_goes_to_the_dead_letter_stream(
-    stacks: list[LocalStack], speech: Speech, tmp_path: Path
+    stacks: list[Stack], speech: Speech, tmp_path: Path
 ) -> None:
-    stack = LocalStack(
+    stack = Stack.base(
         tmp_path,
         transcriber_flags=("--claim-idle-ms", "300", "--max-attempts", "2"),
         transcriber_module="tests.failpoint_transcriber",
@@ -107,28 +98,26 @@ def test_a_segment_the_model_keeps_failing_goes_to_the_dead_letter_stream(
     assert "2 failed attempts" in errors[0]["message"]
     assert events[-1] == {"type": "done"}
     with redis.Redis.from_url(stack.redis_url) as client:
-        dead: Any = client.xrange(keys.dead_letter_stream(stack.name))
+        dead: Any = client.xrange(keys.dead_letter_stream(POOL))
         assert len(dead) == 1 and dead[0][1][b"segment"] == b"1"
-        assert client.xlen(keys.segment_stream(stack.name)) == 0
+        assert client.xlen(keys.segment_stream(POOL)) == 0
 
 
 def test_redis_restart_fails_live_sessions_clearly_and_new_ones_work_within_10s(
-    stacks: list[LocalStack], speech: Speech, tmp_path: Path
+    stacks: list[Stack], speech: Speech, tmp_path: Path
 ) -> None:
-    stack = LocalStack(tmp_path)
+    stack = Stack.base(tmp_path)
     stacks.append(stack)
     stream = speech.stream(16000)
     with ThreadPoolExecutor(1) as pool:
         live = pool.submit(run_client, stack.uri, stream.path)  # real-time pace: about 20 s
-        wait_until(
-            lambda: segments_queued(stack.redis_url, stack.name), 30, "the live session's first segment"
-        )
+        wait_until(lambda: segments_queued(stack.redis_url, POOL), 30, "the live session's first segment")
         stack.redis.stop()
         code, events, stderr = live.result(timeout=60)
     assert code == 1
     assert [e["code"] for e in events if e["type"] == "error"] == ["backend_unavailable"]
     assert "1013" in stderr
-    stack.redis = stack.start_redis()  # same port, empty: no group, no keys
+    stack.start_redis()  # same port, empty: no group, no keys
     restarted = time.monotonic()
     one = speech.stream(16000, (3,))
 
@@ -142,9 +131,9 @@ def test_redis_restart_fails_live_sessions_clearly_and_new_ones_work_within_10s(
 
 
 def test_sigterm_ingest_drains_live_sessions_then_exits_0(
-    stacks: list[LocalStack], speech: Speech, tmp_path: Path
+    stacks: list[Stack], speech: Speech, tmp_path: Path
 ) -> None:
-    stack = LocalStack(tmp_path, ingest_flags=("--drain-timeout", "20"))
+    stack = Stack.base(tmp_path, ingest_flags=("--drain-timeout", "20"))
     stacks.append(stack)
     stream = speech.stream(16000, (3,))  # about 5 s at real-time pace
     with ThreadPoolExecutor(1) as pool:
@@ -159,9 +148,9 @@ def test_sigterm_ingest_drains_live_sessions_then_exits_0(
 
 
 def test_drain_timeout_closes_what_is_left_with_1001(
-    stacks: list[LocalStack], speech: Speech, tmp_path: Path
+    stacks: list[Stack], speech: Speech, tmp_path: Path
 ) -> None:
-    stack = LocalStack(tmp_path, ingest_flags=("--drain-timeout", "1"))
+    stack = Stack.base(tmp_path, ingest_flags=("--drain-timeout", "1"))
     stacks.append(stack)
     stream = speech.stream(16000)  # about 20 s at real-time pace
     with ThreadPoolExecutor(1) as pool:
@@ -174,9 +163,9 @@ def test_drain_timeout_closes_what_is_left_with_1001(
 
 
 def test_sigterm_transcriber_finishes_its_batch_and_exits_0(
-    stacks: list[LocalStack], speech: Speech, tmp_path: Path
+    stacks: list[Stack], speech: Speech, tmp_path: Path
 ) -> None:
-    stack = LocalStack(tmp_path)
+    stack = Stack.base(tmp_path)
     stacks.append(stack)
     transcriber = stack.transcribers[0]
     stream = speech.stream(16000, (2,))
@@ -192,17 +181,17 @@ def test_sigterm_transcriber_finishes_its_batch_and_exits_0(
 
 
 def test_no_transcriber_is_told_at_the_handshake_and_a_dead_one_times_out(
-    stacks: list[LocalStack], speech: Speech, tmp_path: Path
+    stacks: list[Stack], speech: Speech, tmp_path: Path
 ) -> None:
-    stack = LocalStack(tmp_path, transcribers=0, ingest_flags=("--result-timeout", "3"))
+    stack = Stack.base(tmp_path, transcribers=0, ingest_flags=("--result-timeout", "3"))
     stacks.append(stack)
     one = speech.stream(16000, (1,))
     code, events, stderr = run_client(stack.uri, one.path, "--fast")
     assert code == 1 and "1013" in stderr
     assert [e["code"] for e in events if e["type"] == "error"] == ["no_transcriber"]
     # A transcriber that comes and then dies: the session is told within --result-timeout.
-    stack.transcribers.append(stack.start_transcriber())
-    wait_until(lambda: alive(stack.redis_url, stack.name), 120, "the transcriber")
+    stack.start_base_transcriber()
+    wait_until(lambda: alive(stack.redis_url, POOL), 120, "the transcriber")
     stack.transcribers[0].popen.send_signal(signal.SIGKILL)
     started = time.monotonic()
     code, events, stderr = run_client(stack.uri, one.path, "--fast")
@@ -213,7 +202,7 @@ def test_no_transcriber_is_told_at_the_handshake_and_a_dead_one_times_out(
 
 
 def test_results_for_a_client_that_left_are_dropped_without_piling_up(
-    base_stack: LocalStack, speech: Speech
+    base_stack: Stack, speech: Speech
 ) -> None:
     from websockets.sync.client import connect
 
@@ -229,7 +218,7 @@ def test_results_for_a_client_that_left_are_dropped_without_piling_up(
         # The ingest lets go of the session at once (no one waits for its results)...
         wait_until(lambda: client.pubsub_numsub(channel) == [(channel.encode(), 0)], 10, "the unsubscribe")
         # ...and what it had queued is skipped or answered into the void, then deleted.
-        segments = keys.segment_stream(base_stack.name)
+        segments = keys.segment_stream(POOL)
         wait_until(
             lambda: client.xlen(segments) == 0 and not any(pending_of(base_stack).values()),
             60,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ROOT
+from services.stack import ROOT
 
 
 def toy_run(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:

@@ -24,16 +24,18 @@ from websockets.typing import Origin
 
 from services import keys
 from services.lifecycle import REDIS_POOL_SIZE, connect_redis
-from tests.helpers import LocalStack, Proc, Speech, finals, run_client, start_ingest, wer
+from services.stack import POOL, Proc, Stack, start_ingest
+from tests.helpers import finals, run_client
+from tools.speech import Speech, wer
 
 
 @pytest.fixture
-def ingests(base_stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., str]]:
+def ingests(base_stack: Stack, tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Start extra ingests with their own flags, on the shared stack's Redis and transcriber."""
     started: list[Proc] = []
 
     def start(*flags: str) -> str:
-        uri, proc = start_ingest(base_stack.redis_url, tmp_path, base_stack.name, *flags)
+        uri, proc = start_ingest(base_stack.redis_url, POOL, *flags)
         started.append(proc)
         return uri
 
@@ -155,19 +157,19 @@ def test_more_sessions_than_the_maximum_get_503(ingests: Callable[..., str]) -> 
 
 
 def test_an_unserved_default_model_falls_back_to_the_only_pool_served(
-    ingests: Callable[..., str], base_stack: LocalStack
+    ingests: Callable[..., str], base_stack: Stack
 ) -> None:
     """The services started by hand as the README shows, without --default-model: it just works."""
     uri = ingests("--default-model", "swift")
     with connect(uri) as ws:
         ready = json.loads(ws.recv(timeout=10))
-        assert (ready["type"], ready["model"]) == ("ready", base_stack.name)
+        assert (ready["type"], ready["model"]) == ("ready", POOL)
     with connect(uri + "/?model=swift") as ws:  # asked for by name: not served, and said so
         events, code, _ = events_until_close(ws)
         assert errors(events) == ["unknown_model"] and code == 1008
 
 
-def test_a_backlog_over_the_threshold_gets_503(ingests: Callable[..., str], base_stack: LocalStack) -> None:
+def test_a_backlog_over_the_threshold_gets_503(ingests: Callable[..., str], base_stack: Stack) -> None:
     uri = ingests("--max-backlog", "2")
     stream = keys.segment_stream("backlogged")
     with redis.Redis.from_url(base_stack.redis_url) as client:
@@ -200,7 +202,7 @@ def test_api_keys_and_allowed_origins(ingests: Callable[..., str]) -> None:
         assert json.loads(ws.recv(timeout=10))["type"] == "ready"
 
 
-def test_a_burst_of_redis_commands_waits_for_a_connection_instead_of_failing(base_stack: LocalStack) -> None:
+def test_a_burst_of_redis_commands_waits_for_a_connection_instead_of_failing(base_stack: Stack) -> None:
     """Hundreds of sessions enqueueing at once: the services' Redis client (connect_redis) makes
     the extra commands wait for one of its REDIS_POOL_SIZE connections; redis-py's default pool
     raises "Too many connections" instead (checked, so this test is not vacuous)."""

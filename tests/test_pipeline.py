@@ -16,9 +16,11 @@ import soundfile as sf
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from services.stack import Stack
 from services.transcriber.guard import collapse_repeats
 from services.transcriber.interface import max_new_tokens
-from tests.helpers import HINDI_CLIPS, LocalStack, Speech, finals, run_client, wer, words
+from tests.helpers import finals, run_client
+from tools.speech import HINDI_CLIPS, Speech, wer, words
 
 
 def check_transcript(events: list[dict[str, Any]], texts: tuple[str, ...], utterances: Any) -> float:
@@ -32,7 +34,7 @@ def check_transcript(events: list[dict[str, Any]], texts: tuple[str, ...], utter
     return wer(" ".join(texts), " ".join(f["text"] for f in got))
 
 
-def test_sentences_at_16k_in_10ms_chunks_and_at_8k_and_48k(base_stack: LocalStack, speech: Speech) -> None:
+def test_sentences_at_16k_in_10ms_chunks_and_at_8k_and_48k(base_stack: Stack, speech: Speech) -> None:
     streams = {rate: speech.stream(rate) for rate in (16000, 8000, 48000)}
     with ThreadPoolExecutor(3) as pool:
         runs = {
@@ -54,7 +56,7 @@ def test_sentences_at_16k_in_10ms_chunks_and_at_8k_and_48k(base_stack: LocalStac
     assert errors[8000] <= 0.5  # telephone band: harder for whisper-base (FACTS: ~0.40 greedy)
 
 
-def test_four_clients_at_once_each_get_only_their_own_text(base_stack: LocalStack, speech: Speech) -> None:
+def test_four_clients_at_once_each_get_only_their_own_text(base_stack: Stack, speech: Speech) -> None:
     picks = [(0, 1), (2, 3), (4, 0), (1, 2)]
     streams = [speech.stream(16000, pick) for pick in picks]
     with ThreadPoolExecutor(4) as pool:
@@ -75,7 +77,7 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
     return path
 
 
-def test_silence_and_noise_give_no_transcript(base_stack: LocalStack, tmp_path: Path) -> None:
+def test_silence_and_noise_give_no_transcript(base_stack: Stack, tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     spectrum = np.fft.rfft(rng.standard_normal(16000 * 4))
     spectrum[1:] /= np.sqrt(np.fft.rfftfreq(16000 * 4, 1 / 16000)[1:])
@@ -95,7 +97,7 @@ def test_silence_and_noise_give_no_transcript(base_stack: LocalStack, tmp_path: 
         assert events[-1] == {"type": "done"}, name
 
 
-def test_real_hindi_clips_never_run_away(base_stack: LocalStack, tmp_path: Path) -> None:
+def test_real_hindi_clips_never_run_away(base_stack: Stack, tmp_path: Path) -> None:
     """Plain whisper-base loops on one of these clips; the output stays bounded and loop-free."""
     assert len(HINDI_CLIPS) == 6, "audio/oriserve-examples is missing"
     gap = np.zeros(16000)
@@ -141,7 +143,7 @@ def ws_exchange(uri: str, frames: list[bytes | str]) -> tuple[list[dict[str, Any
     ],
 )
 def test_bad_requests_get_an_error_event_and_close_code(
-    base_stack: LocalStack, query: str, frames: list[bytes | str], code: str, close_code: int
+    base_stack: Stack, query: str, frames: list[bytes | str], code: str, close_code: int
 ) -> None:
     events, got_close, reason = ws_exchange(base_stack.uri + "/" + query, frames)
     errors = [e for e in events if e["type"] == "error"]
@@ -150,7 +152,7 @@ def test_bad_requests_get_an_error_event_and_close_code(
     assert got_close == close_code
 
 
-def test_oriserve_client_conventions(base_stack: LocalStack, speech: Speech) -> None:
+def test_oriserve_client_conventions(base_stack: Stack, speech: Speech) -> None:
     """Oriserve's client: ?sampling_rate=, audio, the text frame EOF, reads data["text"]."""
     stream = speech.stream(8000, (3,))
     chunks: list[bytes | str] = [stream.pcm[i : i + 3200] for i in range(0, len(stream.pcm), 3200)]

@@ -26,7 +26,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tests.helpers import ROOT, LocalStack, Proc, Speech, finals, free_port, run_client, wait_until
+from services.stack import ROOT, Proc, Stack, free_port, wait_until
+from tests.helpers import finals, run_client
+from tools.speech import Speech
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
@@ -122,7 +124,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, speech: Speech) -> Iterator[L
     try:
         wait_until(lambda: prom.ready() or prometheus.popen.poll() is not None, 20, "Prometheus to start")
         assert prometheus.popen.poll() is None, prometheus.log
-        stack = LocalStack(
+        stack = Stack.base(
             workdir,
             ingest_flags=("--metrics-port", str(ingest_port)),
             transcriber_flags=("--metrics-port", str(transcriber_port)),

@@ -9,7 +9,7 @@ import pytest
 
 from services.protocol import SAMPLE_RATES
 from services.segmenter import Dropped, Event, Segment, Segmenter, SegmenterConfig, Tentative
-from tests.helpers import Speech
+from tools.speech import Speech
 
 # A deterministic stand-in VAD for exact timing: a frame is speech when loud.
 LOUD = 8000

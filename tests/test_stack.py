@@ -9,8 +9,9 @@ import subprocess
 import sys
 import threading
 
-from services.stack import default_transcribers
-from tests.helpers import ROOT, Speech, finals, free_port, port_open, run_client, serving, wait_until
+from services.stack import ROOT, default_transcribers, free_port, port_open, serving, wait_until
+from tests.helpers import finals, run_client
+from tools.speech import Speech
 
 
 def test_stack_starts_everything_serves_and_stops_on_ctrl_c(speech: Speech) -> None:
@@ -32,7 +33,7 @@ def test_stack_starts_everything_serves_and_stops_on_ctrl_c(speech: Speech) -> N
     try:
         banner = wait_until(
             lambda: next((line for line in lines if "Streaming speech-to-text at" in line), None),
-            60,
+            180,  # a transcriber loads the model first
             "the stack's banner",
         )
         assert f"ws://localhost:{port}" in banner

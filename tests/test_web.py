@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from services.protocol import SAMPLE_RATES
-from tests.helpers import ROOT, LocalStack, Speech, start_ingest, wait_until
+from services.stack import POOL, ROOT, Stack, start_ingest, wait_until
+from tools.speech import Speech
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
@@ -69,7 +70,7 @@ def mic_browser(playwright: Playwright, speech: Speech) -> Iterator[Browser]:
     browser.close()
 
 
-def page_url(stack: LocalStack) -> str:
+def page_url(stack: Stack) -> str:
     return stack.uri.replace("ws://", "http://", 1) + "/"
 
 
@@ -100,7 +101,7 @@ window.AudioContext = class extends window.AudioContext {
 
 @pytest.mark.parametrize("device_rate", [None, 44100], ids=["native-rate", "device-44100"])
 def test_page_transcribes_the_microphone(
-    mic_browser: Browser, base_stack: LocalStack, device_rate: int | None
+    mic_browser: Browser, base_stack: Stack, device_rate: int | None
 ) -> None:
     page = mic_browser.new_page(viewport={"width": 900, "height": 560})
     try:
@@ -132,7 +133,7 @@ def test_page_transcribes_the_microphone(
         if device_rate:
             assert contexts == [device_rate, 48000], contexts
         assert url.startswith(base_stack.uri + "/?"), url
-        assert f"model={base_stack.name}" in url, url
+        assert f"model={POOL}" in url, url
 
         line = finals.filter(has_text=re.compile("breakfast", re.I)).first
         latency = line.locator(".latency").inner_text()
@@ -158,9 +159,9 @@ def test_page_transcribes_the_microphone(
 
 
 def test_page_passes_its_token_to_a_server_with_api_keys(
-    mic_browser: Browser, base_stack: LocalStack, tmp_path: Path
+    mic_browser: Browser, base_stack: Stack, tmp_path: Path
 ) -> None:
-    uri, ingest = start_ingest(base_stack.redis_url, tmp_path, base_stack.name, "--api-keys", "s3cret")
+    uri, ingest = start_ingest(base_stack.redis_url, POOL, "--api-keys", "s3cret")
     page = mic_browser.new_page()
     try:
         page.goto(uri.replace("ws://", "http://", 1) + "/")
@@ -185,7 +186,7 @@ def test_page_passes_its_token_to_a_server_with_api_keys(
         ingest.stop()
 
 
-def test_page_says_when_the_microphone_is_refused(playwright: Playwright, base_stack: LocalStack) -> None:
+def test_page_says_when_the_microphone_is_refused(playwright: Playwright, base_stack: Stack) -> None:
     browser = launch(playwright, *FAKE_MIC)  # no fake UI: nobody grants the permission
     try:
         context = browser.new_context(permissions=[])
@@ -212,13 +213,13 @@ def fetch(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
         return error.code, dict(error.headers), error.read()
 
 
-def test_http_routes(base_stack: LocalStack) -> None:
+def test_http_routes(base_stack: Stack) -> None:
     base = page_url(base_stack)
 
     status, headers, body = fetch(base + "models")
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert headers["Cache-Control"] == "no-cache"
-    assert json.loads(body) == {"models": [base_stack.name], "default": base_stack.name}
+    assert json.loads(body) == {"models": [POOL], "default": POOL}
 
     for path, kind in [("", "text/html"), ("index.html", "text/html"), ("app.js", "text/javascript")]:
         status, headers, body = fetch(base + path)

@@ -31,7 +31,7 @@ class IngestConfig:
     api_keys: frozenset[str]
     allowed_origins: tuple[str, ...]
     web: bool
-    interim_ms: int
+    partial_ms: int
     eager_max_backlog: int
     metrics_port: int
     log_level: str
@@ -172,10 +172,10 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         type=boolean,
     )
     parser.env_flag(
-        "--interim-ms",
-        "INTERIM_MS",
+        "--partial-ms",
+        "PARTIAL_MS",
         1000,
-        "for sessions that ask (?interim=1), a partial transcript every this many ms of speech (0: never)",
+        "for sessions that ask (?partials=1), a partial transcript every this many ms of speech (0: never)",
         type=int,
     )
     parser.env_flag(
@@ -236,7 +236,7 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         api_keys=frozenset(api_keys),
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         web=args.web,
-        interim_ms=args.interim_ms,
+        partial_ms=args.partial_ms,
         eager_max_backlog=args.eager_max_backlog,
         metrics_port=args.metrics_port,
         log_level=args.log_level,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from services import keys, metrics
 from services.catalog import requested_pool
 from services.ingest import admission, web
 from services.ingest.config import IngestConfig
+from services.ingest.core import SessionCore
 from services.ingest.results import ResultRouter
 from services.ingest.session import ClientGone, Session
 from services.lifecycle import connect_redis, install_stop_signals
@@ -134,8 +136,8 @@ class Ingest:
             params = parse_query(urlsplit(ws.request.path).query)
             model = await self.resolve_model(params.model)
             async with self.router.subscription(session_id) as results:
-                interim = params.interim and self.config.interim_ms > 0
-                await ws.send(Ready(session_id, model, params.sample_rate, interim).to_json())
+                partials = params.partials and self.config.partial_ms > 0
+                await ws.send(Ready(session_id, model, params.sample_rate, partials).to_json())
                 log.info(
                     "session %s open from %s: model %s, %d Hz",
                     session_id,
@@ -144,10 +146,10 @@ class Ingest:
                     params.sample_rate,
                 )
                 self.metrics.sessions_opened.labels(model).inc()
-                session = Session(
-                    ws, session_id, model, params, self.config, self.redis, results, self.metrics
+                core = SessionCore(
+                    session_id, model, params.sample_rate, partials, self.config, self.metrics, time.time()
                 )
-                await session.run()
+                await Session(ws, core, self.config, self.redis, results).run()
         except* ProtocolError as group:
             error = group.exceptions[0]
             assert isinstance(error, ProtocolError)

@@ -12,7 +12,7 @@ import redis
 
 from services.config import setup_logging
 from services.metrics import MetricsPortError
-from services.transcriber.config import INTERIM_NICE, ConfigError, TranscriberConfig, parse_args
+from services.transcriber.config import PARTIALS_NICE, ConfigError, TranscriberConfig, parse_args
 from services.transcriber.interface import ModelLoadError, SpeechModel, warm_up
 from services.transcriber.worker import run
 
@@ -45,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    if config.role == "interims":
-        os.nice(INTERIM_NICE)  # before the model's threads start: they inherit it
+    if config.role == "partials":
+        os.nice(PARTIALS_NICE)  # before the model's threads start: they inherit it
     try:
         model = load_model(config)
     except ModelLoadError as exc:

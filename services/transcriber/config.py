@@ -15,10 +15,10 @@ from services.transcriber.interface import DEFAULT_CONTEXT_S, WINDOW_S, Decoding
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
 # See the comment on Worker._read_batch for how this was chosen.
 DEFAULT_BATCH_WAIT_MS = 10
-ROLES = ("all", "finals", "interims")
-# An interims-only transcriber's niceness: when it shares the CPU with a finals transcriber,
+ROLES = ("all", "finals", "partials")
+# A partials-only transcriber's niceness: when it shares the CPU with a finals transcriber,
 # Linux gives it about 1/70 of the other's share (CFS weights 15 vs 1024) while both are busy.
-INTERIM_NICE = 19
+PARTIALS_NICE = 19
 
 
 def non_negative_int(raw: str) -> int:
@@ -37,7 +37,7 @@ class TranscriberConfig:
     redis_url: str
     model_id: str
     name: str  # the pool (and stream) this transcriber serves
-    role: str  # "all", "finals" or "interims": which of the pool's two streams it reads
+    role: str  # "all", "finals" or "partials": which of the pool's two streams it reads
     backend: str  # "transformers" (the reference) or "ctranslate2"
     device: str
     dtype: str  # transformers weights precision
@@ -132,8 +132,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         "--role",
         "ROLE",
         "all",
-        "which requests to serve: all (finals first, interims when no final waits), finals, or "
-        f"interims (at OS priority nice +{INTERIM_NICE}, so that it never slows a finals transcriber "
+        "which requests to serve: all (finals first, partials when no final waits), finals, or "
+        f"partials (at OS priority nice +{PARTIALS_NICE}, so that it never slows a finals transcriber "
         "on the same CPU)",
         choices=list(ROLES),
     )

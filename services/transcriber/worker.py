@@ -33,9 +33,9 @@ HEARTBEAT_S = 2.0
 ALIVE_TTL_MS = 10_000
 BLOCK_MS = 1000  # how long one read waits; also bounds how late a stop is noticed
 DEAD_LETTER_MAXLEN = 10_000
-# An interim request older than this has been overtaken by a newer one (they come every
-# --interim-ms of speech) or by its final: it is dropped unanswered.
-INTERIM_MAX_AGE_S = 1.0
+# A partial request older than this has been overtaken by a newer one (they come every
+# --partial-ms of speech) or by its final: it is dropped unanswered.
+PARTIAL_MAX_AGE_S = 1.0
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 
@@ -58,14 +58,14 @@ class Worker:
         self.redis = client
         self.model = model
         self.stream = keys.segment_stream(config.name)
-        self.interim = keys.interim_stream(config.name)
+        self.partials = keys.partials_stream(config.name)
         self.dead = keys.dead_letter_stream(config.name)
         # The streams each round reads, by role; finals first.
-        served = [stream for stream in (self.stream, self.interim) if self._serves(stream)]
+        served = [stream for stream in (self.stream, self.partials) if self._serves(stream)]
         self.reads: dict[Any, Any] = dict.fromkeys(served, ">")
 
     def _serves(self, stream: str) -> bool:
-        return self.config.role == "all" or (self.config.role == "interims") == (stream == self.interim)
+        return self.config.role == "all" or (self.config.role == "partials") == (stream == self.partials)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_groups()
@@ -96,7 +96,7 @@ class Worker:
             await self.redis.delete(keys.consumer_key(self.config.name, self.config.consumer))
 
     async def _ensure_groups(self) -> None:
-        for stream in (self.stream, self.interim):
+        for stream in (self.stream, self.partials):
             await ensure_group(self.redis, stream)
 
     async def _heartbeat(self) -> None:
@@ -132,15 +132,15 @@ class Worker:
             if entries:
                 await self._process(await self._retire_exhausted(entries))
                 return
-        finals, interims = await self._read_batch()
+        finals, partials = await self._read_batch()
         if finals:
             await self._process(finals)
-        if interims:
-            # Finals first: interims read beside a final are stale by the time it is done.
-            await self._process_interims(interims, stale=bool(finals))
+        if partials:
+            # Finals first: partials read beside a final are stale by the time it is done.
+            await self._process_partials(partials, stale=bool(finals))
 
     async def _read_batch(self) -> tuple[list[RawEntry], list[RawEntry]]:
-        """New (final, interim) entries, up to ``max_batch`` each: wait up to BLOCK_MS for the
+        """New (final, partial) entries, up to ``max_batch`` each: wait up to BLOCK_MS for the
         first, then, once a final segment is there, keep its batch open for at most
         ``batch_wait_ms`` so that segments of sessions that stop talking at about the same time
         share one batch.
@@ -161,7 +161,7 @@ class Worker:
             block=BLOCK_MS,
         )
         read = {name.decode(): got for name, got in reply or []}
-        finals, interims = read.get(self.stream, []), read.get(self.interim, [])
+        finals, partials = read.get(self.stream, []), read.get(self.partials, [])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.batch_wait_ms / 1000
         while finals and len(finals) < max_batch:
@@ -176,11 +176,11 @@ class Worker:
                 block=left_ms,
             )
             finals += [entry for _, got in more or [] for entry in got]
-        return finals, interims
+        return finals, partials
 
-    async def _process_interims(self, raw: list[RawEntry], stale: bool) -> None:
-        """Transcribe the newest fresh interim request of each session; drop the rest.
-        Interims are never retried: a lost one is replaced by the next, or by the final."""
+    async def _process_partials(self, raw: list[RawEntry], stale: bool) -> None:
+        """Transcribe the newest fresh partial request of each session; drop the rest.
+        Partials are never retried: a lost one is replaced by the next, or by the final."""
         newest: dict[str, Entry] = {}
         if not stale:
             now = time.time()
@@ -189,12 +189,12 @@ class Worker:
                     job = SegmentJob.from_fields(fields)
                 except ValueError:
                     continue
-                if now - job.enqueued_at <= INTERIM_MAX_AGE_S:
+                if now - job.enqueued_at <= PARTIAL_MAX_AGE_S:
                     newest[job.session] = Entry(entry_id, job)
         entries = list(newest.values())
         listening = await self._listening({entry.job.session for entry in entries})
         entries = [entry for entry in entries if entry.job.session in listening]
-        await self._finish(self.interim, await self._transcribe(entries), [entry_id for entry_id, _ in raw])
+        await self._finish(self.partials, await self._transcribe(entries), [entry_id for entry_id, _ in raw])
 
     async def _retire_exhausted(self, entries: list[RawEntry]) -> list[RawEntry]:
         """Dead-letter reclaimed entries delivered more than ``max_attempts`` times; return the rest."""

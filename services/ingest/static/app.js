@@ -113,6 +113,7 @@ async function start() {
   const url = new URL(".", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   url.search = new URLSearchParams({ sample_rate: s.ctx.sampleRate });
+  url.searchParams.set("partials", "1"); // shown in grey until the final replaces them
   if (chosenModel()) url.searchParams.set("model", chosenModel());
   const token = new URLSearchParams(location.search).get("token"); // servers run with --api-keys
   if (token) url.searchParams.set("token", token);

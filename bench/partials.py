@@ -1,17 +1,17 @@
-"""Final latency with partial results off and on, for the two ways of serving interims.
+"""Final latency with partial results off and on, for the two ways of serving partials.
 
 Starts a real redis-server, one ingest and whisper-base transcribers in one of two layouts:
 
-- ``shared``: one transcriber (``--role all``) serves finals first and interims when no final
-  waits; an interim already running when a segment ends holds its final back;
-- ``split``: one ``--role finals`` transcriber and one ``--role interims`` transcriber at nice 19
-  (what ``make run`` and Compose start), so interims only get the CPU the finals leave.
+- ``shared``: one transcriber (``--role all``) serves finals first and partials when no final
+  waits; a partial already running when a segment ends holds its final back;
+- ``split``: one ``--role finals`` transcriber and one ``--role partials`` transcriber at nice 19
+  (what ``make run`` and Compose start), so partials only get the CPU the finals leave.
 
 In each layout one client streams long espeak-ng sentences (about 9 s, 3 s and 9 s) at real-time
-pace, ``--repeats`` times with interims off and on alternately, and the end-of-speech -> text
+pace, ``--repeats`` times with partials off and on alternately, and the end-of-speech -> text
 latency of every sentence's final is timed at the client.
 
-    .venv/bin/python -m bench.interim [--repeats 3] [--out bench/results/interim.json]
+    .venv/bin/python -m bench.partials [--repeats 3] [--out bench/results/partials.json]
 """
 
 from __future__ import annotations
@@ -25,23 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import match_finals, stream_real_time, write_report
-from tests.helpers import ROOT, LocalStack, Speech, Stream, alive, serving, wait_until
+from services.stack import POOL, ROOT, Stack, alive, serving, wait_until
+from tools.speech import Speech, Stream
 
 LAYOUTS = ("shared", "split")
 
 
-def start(layout: str, workdir: Path) -> LocalStack:
+def start(layout: str, workdir: Path) -> Stack:
     if layout == "shared":
-        return LocalStack(workdir)
-    stack = LocalStack(workdir, transcriber_flags=("--role", "finals"))
-    stack.transcribers.append(stack.start_transcriber("--role", "interims"))
-    # Only a finals transcriber marks the pool alive: wait for the interims one's readiness key.
-    wait_until(lambda: serving(stack.redis_url, stack.name, "interims"), 120, "the interims transcriber")
+        return Stack.base(workdir)
+    stack = Stack.base(workdir, transcriber_flags=("--role", "finals"))
+    stack.start_base_transcriber("--role", "partials")
+    # Only a finals transcriber marks the pool alive: wait for the partials one's readiness key.
+    wait_until(lambda: serving(stack.redis_url, POOL, "partials"), 120, "the partials transcriber")
     return stack
 
 
-def one_run(uri: str, stream: Stream, interim: bool) -> dict[str, Any]:
-    session = asyncio.run(stream_real_time(uri, stream, 20, interim))
+def one_run(uri: str, stream: Stream, partial: bool) -> dict[str, Any]:
+    session = asyncio.run(stream_real_time(uri, stream, 20, partial))
     mine, _ = match_finals(session.finals, stream.utterances)
     ends = [end for _, end in stream.utterances]
     latencies = [got[-1].at - session.sent_at(end) for end, got in zip(ends, mine, strict=True) if got]
@@ -56,11 +57,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "interim.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "partials.json")
     args = parser.parse_args()
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "command": ".venv/bin/python -m bench.interim",
+        "command": ".venv/bin/python -m bench.partials",
         "model": "whisper-base (transformers, fp32, CPU)",
         "layouts": {},
     }
@@ -70,7 +71,7 @@ def main() -> int:
         for layout in args.layouts.split(","):
             stack = start(layout, workdir)
             try:
-                assert alive(stack.redis_url, stack.name)
+                assert alive(stack.redis_url, POOL)
                 runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
                 for _ in range(args.repeats):
                     for mode in ("off", "on"):

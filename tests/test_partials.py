@@ -7,18 +7,18 @@ import re
 import statistics
 from pathlib import Path
 
-from tests.helpers import LocalStack, Speech, alive, finals, run_client, serving, wait_until, wer
+from services.stack import POOL, Stack, alive, serving, wait_until
+from tests.helpers import finals, run_client
+from tools.speech import Speech, wer
 
 
-def test_partials_come_before_the_final_and_change_nothing_in_it(
-    base_stack: LocalStack, speech: Speech
-) -> None:
+def test_partials_come_before_the_final_and_change_nothing_in_it(base_stack: Stack, speech: Speech) -> None:
     stream = speech.stream(16000, (5,))  # one long sentence, about 9 s, streamed in real time
     code, off, stderr = run_client(base_stack.uri, stream.path)
     assert code == 0, stderr
     code, on, stderr = run_client(base_stack.uri, stream.path, "--partials")
     assert code == 0, stderr
-    assert on[0]["type"] == "ready" and on[0]["interim"] is True
+    assert on[0]["type"] == "ready" and on[0]["partials"] is True
     assert not [e for e in off if e["type"] == "partial"]
     kinds = [(e["type"], e.get("segment")) for e in on if e["type"] in ("partial", "final")]
     partials = [e for e in on if e["type"] == "partial"]
@@ -30,25 +30,25 @@ def test_partials_come_before_the_final_and_change_nothing_in_it(
     latency_off = statistics.mean(f["latency"] for f in finals(off))
     latency_on = statistics.mean(f["latency"] for f in finals(on))
     print(f"final latency: {latency_off:.2f} s without partials, {latency_on:.2f} s with {len(partials)}")
-    # On one CPU transcriber (--role all) an interim already running when the segment ends holds
-    # the final back by up to one interim's model time (~2 s here); it cannot be preempted. The
+    # On one CPU transcriber (--role all) a partial already running when the segment ends holds
+    # the final back by up to one partial's model time (~2 s here); it cannot be preempted. The
     # next test's layout (what make run and Compose start) removes that.
     assert latency_on <= latency_off + 3.0
 
 
-def test_an_interims_transcriber_at_low_priority_leaves_finals_as_fast(
+def test_an_partials_transcriber_at_low_priority_leaves_finals_as_fast(
     speech: Speech, tmp_path: Path
 ) -> None:
-    stack = LocalStack(tmp_path, transcribers=0)
+    stack = Stack.base(tmp_path, transcribers=0)
     try:
-        stack.transcribers.append(stack.start_transcriber("--role", "interims"))
-        wait_until(lambda: serving(stack.redis_url, stack.name, "interims"), 120, "the interims transcriber")
+        stack.start_base_transcriber("--role", "partials")
+        wait_until(lambda: serving(stack.redis_url, POOL, "partials"), 120, "the partials transcriber")
         stream = speech.stream(16000, (5,))
         # Partials alone are no service: with no one serving finals, sessions are refused.
         code, events, stderr = run_client(stack.uri, stream.path, "--partials")
         assert code == 1 and [e["code"] for e in events if e["type"] == "error"] == ["no_transcriber"]
-        stack.transcribers.append(stack.start_transcriber("--role", "finals"))
-        wait_until(lambda: alive(stack.redis_url, stack.name), 120, "the finals transcriber")
+        stack.start_base_transcriber("--role", "finals")
+        wait_until(lambda: alive(stack.redis_url, POOL), 120, "the finals transcriber")
         code, off, stderr = run_client(stack.uri, stream.path)
         assert code == 0, stderr
         code, on, stderr = run_client(stack.uri, stream.path, "--partials")
@@ -60,12 +60,12 @@ def test_an_interims_transcriber_at_low_priority_leaves_finals_as_fast(
     latency_off = statistics.mean(f["latency"] for f in finals(off))
     latency_on = statistics.mean(f["latency"] for f in finals(on))
     print(f"split layout, final latency: {latency_off:.2f} s without partials, {latency_on:.2f} s with")
-    # bench/interim.py measured +0.07 s on average here (+0.34 s with one shared transcriber).
+    # bench/partials.py measured +0.07 s on average here (+0.34 s with one shared transcriber).
     assert latency_on <= latency_off + 1.0
 
 
 def test_subtitle_files_hold_the_finals_with_their_times(
-    base_stack: LocalStack, speech: Speech, tmp_path: Path
+    base_stack: Stack, speech: Speech, tmp_path: Path
 ) -> None:
     stream = speech.stream(16000, (0, 1))
     outputs = [tmp_path / name for name in ("out.srt", "out.vtt", "out.jsonl")]

@@ -1,0 +1,253 @@
+"""One session's decisions: sans-I/O.
+
+Audio frames, results and the clock go in; segment jobs to queue and events to send come
+out. Nothing here touches a socket or Redis, so every policy of a session is tested by
+feeding it bytes and results and reading what it wants done (``tests/test_core.py``):
+
+- the segmenter cuts the audio into segments; each gets a number from the ledger and becomes a
+  job for the pool's stream;
+- partial results: while a segment is spoken, every ``--partial-ms`` of speech a job for what is
+  open so far (never while the speaker pauses, where the segment may be about to end);
+- eager endpointing (``services.ingest.eager``): a pause under way offers a guess
+  (``tentative``); the I/O side checks the pool's backlog and calls ``guess`` or
+  ``decline_guess``;
+- results are resolved into events strictly in segment order (``services.ingest.ledger``); a
+  partial only while its segment is still open; a segment dropped after the client saw partials
+  of it still gets an (empty) final;
+- each final's latency, whole and in parts, goes to the metrics once it is sent (``sent``);
+- the session's length limit ends it the way end of audio does, with an error instead of ``done``.
+
+Usage by the I/O side (``services.ingest.session``): call ``audio``/``end_of_audio``/
+``result``/``expire``, then queue ``jobs_to_queue()``, send ``events_to_send()`` and report each
+event sent with ``sent``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from services.audio import resample_pcm16
+from services.ingest.config import IngestConfig
+from services.ingest.eager import Eager
+from services.ingest.ledger import Ledger
+from services.metrics import IngestMetrics
+from services.protocol import (
+    CLOSE_TOO_BIG,
+    ErrorEvent,
+    Final,
+    Partial,
+    ProtocolError,
+    SegmentJob,
+    SegmentResult,
+    ServerEvent,
+    check_audio_frame,
+)
+from services.segmenter import Dropped, Event, Segment, Segmenter, Tentative, VadFn
+
+log = logging.getLogger("ingest.session")
+
+# No partial request while the speaker pauses this long: the segment may be about to end, and a
+# partial still running then would hold its final back. It resumes with speech.
+PARTIAL_PAUSE_S = 0.15
+
+
+class SessionCore:
+    def __init__(
+        self,
+        session_id: str,
+        model: str,
+        rate: int,
+        partials: bool,
+        config: IngestConfig,
+        metrics: IngestMetrics,
+        now: float,
+        vad: VadFn | None = None,  # WebRTC VAD unless given (tests give a deterministic one)
+    ) -> None:
+        self.id = session_id
+        self.model = model
+        self.rate = rate
+        self.partials = partials and config.partial_ms > 0
+        self.config = config
+        self.metrics = metrics
+        self.opened = now
+        self.segmenter = Segmenter(rate, config.segmenter, vad)
+        self.ledger = Ledger(config.result_timeout)
+        self.eager = Eager(config.result_timeout)
+        self.eof = False
+        self.ending: ProtocolError | None = None  # the error that ends the session instead of done
+        self.tentative: Segment | None = None  # a guess on offer: call guess() or decline_guess()
+        self._last_partial = 0.0  # stream position of the last partial request
+        self._timings: dict[int, dict[str, float]] = {}  # transcriber timings of finals not yet sent
+        self._jobs: list[SegmentJob] = []
+        self._events: list[ServerEvent] = []
+
+    # --- outputs ---------------------------------------------------------------------------------
+
+    def jobs_to_queue(self) -> list[SegmentJob]:
+        """Jobs to add to the pool's streams, in order: ``partial`` ones to its partials stream."""
+        jobs, self._jobs = self._jobs, []
+        return jobs
+
+    def events_to_send(self) -> list[ServerEvent]:
+        """Events for the client, in order."""
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    @property
+    def finished(self) -> bool:
+        """End of audio was seen and every segment is answered: ``done`` (or ``ending``) is due."""
+        return self.eof and self.ledger.unanswered == 0
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` must next be called: an unanswered segment's deadline."""
+        return self.ledger.next_deadline()
+
+    # --- inputs ----------------------------------------------------------------------------------
+
+    def audio(self, frame: bytes, now: float) -> None:
+        """One binary frame from the client. Raises ProtocolError for a frame it must refuse."""
+        config = self.config
+        if len(frame) > config.max_frame_bytes:
+            raise ProtocolError(
+                "frame_too_big",
+                f"frame of {len(frame)} bytes; the limit is {config.max_frame_bytes}",
+                CLOSE_TOO_BIG,
+            )
+        check_audio_frame(frame)
+        self.metrics.bytes_received.inc(len(frame))
+        for event in self.segmenter.feed(frame):
+            self._segmenter_event(event, now)
+        if self.partials:
+            self._request_partial(now)
+        if max(self.segmenter.position, now - self.opened) > config.max_session_s:
+            # Past the limit: what was said so far is still transcribed and delivered.
+            self.ending = ProtocolError(
+                "session_too_long",
+                f"sessions are limited to {config.max_session_s:g} s; reconnect to go on",
+            )
+            self.end_of_audio(now)
+
+    def end_of_audio(self, now: float) -> None:
+        """The client said it is done (or the session reached its length limit)."""
+        for event in self.segmenter.flush():
+            self._segmenter_event(event, now)
+        log.info("session %s end of audio at %.2f s", self.id, self.segmenter.position)
+        self.eof = True
+
+    def guess(self, now: float) -> None:
+        """Queue the offered guess (the pool has time to spare for it)."""
+        segment, self.tentative = self.tentative, None
+        assert segment is not None
+        number = self.ledger.next_number
+        token = self.eager.propose(number, segment, now)
+        if token is None:
+            return
+        pcm = resample_pcm16(segment.pcm, self.rate)
+        self._jobs.append(SegmentJob(self.id, number, pcm, segment.start, segment.end, now, now, eager=token))
+        self.metrics.eager_guesses.labels(self.model, "queued").inc()
+
+    def decline_guess(self) -> None:
+        """Do not queue the offered guess (the pool's backlog is too long)."""
+        self.tentative = None
+        self.eager.abandon()
+
+    def result(self, result: SegmentResult, now: float) -> None:
+        """A transcriber's result for this session."""
+        if result.partial:
+            # Only while its segment is still being spoken; a late one is stale.
+            fresh = result.segment == self.ledger.next_number and self.segmenter.in_speech
+            if fresh and result.text:
+                self.ledger.mark_partial(result.segment)
+                self._events.append(Partial(result.text, result.segment))
+            return
+        if result.eager:
+            verdict = self.eager.result(result)
+            if verdict == "wasted":
+                self.metrics.eager_guesses.labels(self.model, "wasted").inc()
+            if verdict != "final":
+                return  # held until its pause is confirmed, or its guess was abandoned
+        self._final(result, now)
+
+    def expire(self, now: float) -> None:
+        """Give up on segments whose results are overdue (each gets an error event)."""
+        self._events += self.ledger.expire(now)
+
+    def sent(self, event: ServerEvent, now: float) -> None:
+        """``event`` reached the client: a final's latency, whole and in parts; an error's code."""
+        if isinstance(event, ErrorEvent):
+            self.metrics.errors.labels(event.code).inc()
+        if not isinstance(event, Final):
+            return
+        timings = self._timings.pop(event.segment, {})
+        model = self.model
+        self.metrics.e2e_latency.labels(model).observe(event.latency)
+        if {"enqueued_at", "model_start", "model_end"} <= timings.keys():
+            self.metrics.queue_wait.labels(model).observe(timings["model_start"] - timings["enqueued_at"])
+            self.metrics.model_time.labels(model).observe(timings["model_end"] - timings["model_start"])
+            self.metrics.relay.labels(model).observe(now - timings["model_end"])
+
+    # --- decisions -------------------------------------------------------------------------------
+
+    def _segmenter_event(self, event: Event, now: float) -> None:
+        if isinstance(event, Tentative):
+            self.tentative = event.segment
+            return
+        self.tentative = None  # the pause it offered a guess for has ended, one way or the other
+        if isinstance(event, Dropped):
+            self._dropped(event, now)
+        else:
+            self._segment(event, now)
+
+    def _dropped(self, event: Dropped, now: float) -> None:
+        self.eager.abandon()
+        log.debug("session %s dropped %.2f-%.2f s (%s)", self.id, event.start, event.end, event.reason)
+        self.metrics.segments_dropped.labels(event.reason).inc()
+        if self.ledger.had_partial(self.ledger.next_number):
+            # The client saw partials of it: the number is used, and its final is empty.
+            number = self.ledger.add(event.start, event.end, now, now)
+            self._final(SegmentResult(self.id, number, "empty", reason=event.reason), now)
+
+    def _segment(self, event: Segment, now: float) -> None:
+        self.metrics.vad_hangover.labels(self.model).observe(self.segmenter.position - event.speech_end)
+        number = self.ledger.add(event.start, event.end, now, now)
+        guess = self.eager.close(number, event)
+        if guess is None:
+            pcm = resample_pcm16(event.pcm, self.rate)
+            self._jobs.append(SegmentJob(self.id, number, pcm, event.start, event.end, now, now))
+        else:  # the guess's job holds this very audio: its transcript is this segment's final
+            self.metrics.eager_guesses.labels(self.model, "confirmed").inc()
+            if guess.result is not None:
+                self._final(guess.result, now)
+        self.metrics.segments_enqueued.labels(self.model).inc()
+        log.info(
+            "session %s segment %d queued: %.2f-%.2f s (%s%s)",
+            self.id,
+            number,
+            event.start,
+            event.end,
+            event.reason,
+            "" if guess is None else f", as eager guess {guess.token}",
+        )
+
+    def _request_partial(self, now: float) -> None:
+        """Every ``partial_ms`` of open speech, ask for a transcript of it so far."""
+        start, pcm = self.segmenter.open_pcm()
+        position = self.segmenter.position
+        if not pcm or position - max(start, self._last_partial) < self.config.partial_ms / 1000:
+            return
+        if self.segmenter.trailing_silence >= PARTIAL_PAUSE_S:
+            return
+        self._last_partial = position
+        pcm16 = resample_pcm16(pcm, self.rate)
+        self._jobs.append(
+            SegmentJob(self.id, self.ledger.next_number, pcm16, start, position, now, now, partial=True)
+        )
+
+    def _final(self, result: SegmentResult, now: float) -> None:
+        if result.outcome == "text":
+            self._timings[result.segment] = result.timings
+        self._events += self.ledger.resolve(result, now)
