@@ -195,28 +195,23 @@ async def fleet(
     deadline = max(s.due(s.frames) for s in sessions) + grace
     run = Fleet(list(sessions), t0, gave_up=[False] * len(sessions))
 
-    async def follow(i: int, ws: ClientConnection) -> None:
+    async def follow(i: int, ws: ClientConnection, sender: asyncio.Task[None]) -> None:
+        """Take session ``i``'s events until done or the deadline; close once its audio is out."""
         try:
             await asyncio.wait_for(sessions[i].receive(ws), max(0.0, deadline - time.time()))
         except TimeoutError:
             run.gave_up[i] = True
+        await asyncio.wait({sender})
         await ws.close()
 
+    pairs = list(zip(sessions, conns, strict=True))
     async with asyncio.TaskGroup() as tasks:
         if during is not None:
             tasks.create_task(during(t0))
         for g in range(groups):
-            tasks.create_task(
-                pace(
-                    [
-                        (s, ws)
-                        for i, (s, ws) in enumerate(zip(sessions, conns, strict=True))
-                        if i % groups == g
-                    ]
-                )
-            )
-        for i, ws in enumerate(conns):
-            tasks.create_task(follow(i, ws))
+            sender = tasks.create_task(pace(pairs[g::groups]))
+            for i in range(g, len(pairs), groups):
+                tasks.create_task(follow(i, pairs[i][1], sender))
     run.closed = time.time()
     return run
 

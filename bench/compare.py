@@ -17,6 +17,10 @@ each session's audio, says which frame closes each segment, so every latency spl
 - model: the model call that carried the segment;
 - pipeline overhead: the rest (WebSocket, VAD, resampling, Redis streams, pub/sub, relay).
 
+A segment answered by an eager guess (queued when its pause began, ``--eager-ms``) has no such
+split: its model ran during the hangover. Its latency counts; its parts (but the hangover) do
+not, and ``answered_by_eager_guesses`` says how many.
+
 Throughput: seconds of speech (the utterances' own length) whose transcription finished in the
 steady part of the streaming window, per wall second. The bare model does the same segments back
 to back in this process. "Ingest alone" swaps the transcriber for ``bench.echo_worker`` (real
@@ -169,6 +173,7 @@ class Timing:
     waits_from: float  # ours: enqueued; the seed: its closing frame was sent
     model_start: float
     model_end: float
+    eager: bool = False  # ours: an eager guess, queued before the closing frame (no split of its parts)
 
 
 async def snoop(redis_url: str, into: dict[tuple[str, int], Timing]) -> None:
@@ -184,7 +189,11 @@ async def snoop(redis_url: str, into: dict[tuple[str, int], Timing]) -> None:
                 t = result.timings
                 if not result.partial and "model_end" in t:
                     into[result.session, result.segment] = Timing(
-                        t["endpoint_at"], t["enqueued_at"], t["model_start"], t["model_end"]
+                        t["endpoint_at"],
+                        t["enqueued_at"],
+                        t["model_start"],
+                        t["model_end"],
+                        bool(result.eager),
                     )
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -310,6 +319,7 @@ def analyse(run: Fleet, plans: list[Plan], answers: list[list[Answer]], seconds:
     }
     lo, hi = window(seconds)
     done_speech = done_audio = offered = 0.0
+    eager = 0
     refs, hyps = [], []
     for session, plan, mine in zip(run.sessions, plans, answers, strict=True):
         offered += sum(overlap(s, (0.0, seconds)) for s in plan.speech)
@@ -328,21 +338,27 @@ def analyse(run: Fleet, plans: list[Plan], answers: list[list[Answer]], seconds:
                 e2e.append((run.closed - due_end, True))
                 continue
             e2e.append((arrival - due_end, False))
+            refs.append(plan.texts[u])
+            hyps.append(text)
+            parts["hangover"].append(session.due(c.chunk) - due_end)
+            if timing.eager:
+                # Queued at the pause's start and answered as its final: its model time overlaps
+                # the hangover, so the closing frame does not split it into parts.
+                eager += 1
+                continue
             sent = session.sent[c.chunk]
             queue, model = timing.model_start - timing.waits_from, timing.model_end - timing.model_start
-            parts["hangover"].append(session.due(c.chunk) - due_end)
             parts["client_lag"].append(sent - session.due(c.chunk))
             parts["queue_wait"].append(queue)
             parts["model"].append(model)
             parts["overhead"].append(arrival - sent - queue - model)
             parts["overhead_with_queue"].append(arrival - sent - model)
             parts["frame_lag"].append(timing.endpoint_at - sent)
-            refs.append(plan.texts[u])
-            hyps.append(text)
     failures = [s.error for s in run.sessions if s.error]
     return {
         "utterances": len(e2e),
         "answered": sum(not c for _, c in e2e),
+        "answered_by_eager_guesses": eager,  # not in the parts below but the hangover
         "failed_sessions": len(failures),
         "sessions_given_up": sum(run.gave_up),
         "failures": sorted(set(failures))[:3],
