@@ -38,7 +38,12 @@ class EchoModel:
         self.base = base
         self.per_segment = per_segment
 
-    def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
+    def transcribe(
+        self,
+        batch: Sequence[NDArray[np.float32]],
+        words: Sequence[bool] = (),
+        prompts: Sequence[str] = (),
+    ) -> list[Transcript]:
         if batch and (self.base or self.per_segment):
             time.sleep(self.base + self.per_segment * len(batch))
         return [ECHO] * len(batch)

@@ -29,13 +29,13 @@ SAMPLE_WIDTH_BYTES = 2
 
 
 class UnsupportedWav(Exception):
-    """The file is not a 16-bit PCM mono WAV at a rate the server accepts."""
+    """The file is not a 16-bit PCM WAV with the channels asked for, at a rate the server accepts."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Stream a 16-bit PCM mono WAV file (8, 16, 32 or 48 kHz) to the "
-        "speech-to-text WebSocket server and print one line per speech segment.",
+        description="Stream a 16-bit PCM WAV file (8, 16, 32 or 48 kHz; mono, or stereo with "
+        "--channels 2) to the speech-to-text WebSocket server and print one line per speech segment.",
         epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--wav-path", type=Path, required=True, help="the WAV file")
@@ -45,6 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="send as fast as the server accepts instead of at real-time pace",
     )
     parser.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: a stereo WAV, each channel transcribed on its own (e.g. agent and customer)",
+    )
+    parser.add_argument("--roles", help="names for the channels, comma-separated, e.g. agent,customer")
+    parser.add_argument(
         "--output",
         type=subtitle_path,
         help="also write the transcript with its times to this .srt, .vtt or .jsonl file",
@@ -53,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_wav(path: Path) -> wave.Wave_read:
+def open_wav(path: Path, channels: int = 1) -> wave.Wave_read:
     """Open ``path`` for reading; UnsupportedWav says what is wrong with its format."""
     with path.open("rb") as file:
         header = file.read(12)
@@ -64,8 +72,10 @@ def open_wav(path: Path) -> wave.Wave_read:
     except (wave.Error, EOFError) as exc:
         raise UnsupportedWav(f"unsupported WAV encoding ({exc}); need 16-bit PCM") from None
     problems = []
-    if wav.getnchannels() != 1:
-        problems.append(f"{wav.getnchannels()} channels, need mono")
+    if wav.getnchannels() != channels:
+        have = wav.getnchannels()
+        hint = ", or pass --channels 2 to send both" if have == 2 else ""
+        problems.append(f"{have} channels, need {'mono' if channels == 1 else f'{channels}'}{hint}")
     if wav.getsampwidth() != SAMPLE_WIDTH_BYTES:
         problems.append(f"{8 * wav.getsampwidth()}-bit samples, need 16-bit PCM")
     if wav.getframerate() not in SAMPLE_RATES:
@@ -89,13 +99,13 @@ def conversion_hint(path: Path) -> str:
 
 async def send_wav(ws: ClientConnection, wav: wave.Wave_read, *, chunk_ms: int, paced: bool) -> None:
     """Send the PCM in ``chunk_ms`` frames; paced: each one when its audio would have ended."""
-    rate = wav.getframerate()
+    rate, frame_bytes = wav.getframerate(), SAMPLE_WIDTH_BYTES * wav.getnchannels()
     chunk_frames = rate * chunk_ms // 1000
     loop = asyncio.get_running_loop()
     started = loop.time()
     frames_sent = 0
-    while chunk := wav.readframes(chunk_frames):
-        frames_sent += len(chunk) // SAMPLE_WIDTH_BYTES
+    while chunk := wav.readframes(chunk_frames):  # all channels, interleaved
+        frames_sent += len(chunk) // frame_bytes
         if paced:
             # Against the wall clock, so the time spent sending never adds up to drift.
             delay = started + frames_sent / rate - loop.time()
@@ -107,7 +117,7 @@ async def send_wav(ws: ClientConnection, wav: wave.Wave_read, *, chunk_ms: int, 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        wav = open_wav(args.wav_path)
+        wav = open_wav(args.wav_path, args.channels)
     except OSError as exc:
         print(f"{args.wav_path}: cannot read it: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -116,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         print(conversion_hint(args.wav_path), file=sys.stderr)
         return EXIT_USAGE
     with wav:
-        url = build_url(args.uri, wav.getframerate(), args.model, partials=args.partials)
-        display = Display(as_json=args.json, partials=args.partials)
+        layout = {"channels": args.channels, "roles": args.roles, "words": args.words, "prompt": args.prompt}
+        url = build_url(args.uri, wav.getframerate(), args.model, partials=args.partials, **layout)
+        display = Display(as_json=args.json, partials=args.partials, channels=args.channels)
 
         async def send_audio(ws: ClientConnection) -> None:
             await send_wav(ws, wav, chunk_ms=args.chunk_duration, paced=not args.fast)
 
         try:
-            status = asyncio.run(stream_session(url, send_audio, display, args.timeout))
+            status = asyncio.run(stream_session(url, send_audio, display, args.timeout, args.ca_file))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -224,9 +224,16 @@ async def stream_microphone(args: argparse.Namespace, pyaudio: Any, audio: Any) 
         with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C quits at once
             loop.add_signal_handler(signal.SIGINT, on_interrupt)
         print(f"listening on {device['name']} at {args.sample_rate} Hz; Ctrl-C to stop", file=sys.stderr)
-        url = build_url(args.uri, args.sample_rate, args.model, partials=args.partials)
+        url = build_url(
+            args.uri,
+            args.sample_rate,
+            args.model,
+            partials=args.partials,
+            words=args.words,
+            prompt=args.prompt,
+        )
         display = Display(as_json=args.json, partials=args.partials)
-        status = await stream_session(url, chunks.send_all, display, args.timeout)
+        status = await stream_session(url, chunks.send_all, display, args.timeout, args.ca_file)
     if chunks.dropped:
         print(
             f"warning: dropped {chunks.dropped} audio chunks the connection could not take", file=sys.stderr

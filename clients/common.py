@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -57,6 +59,13 @@ def positive_seconds(value: str) -> float:
     return seconds
 
 
+def readable_file(value: str) -> str:
+    """Argparse type: a file that exists."""
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a file")
+    return value
+
+
 def add_stream_arguments(parser: argparse.ArgumentParser, *, timeout_s: float) -> None:
     """Add the options both clients share."""
     parser.add_argument(
@@ -84,6 +93,20 @@ def add_stream_arguments(parser: argparse.ArgumentParser, *, timeout_s: float) -
         help="ask for partial transcripts while a segment is spoken; shown in place on one line",
     )
     parser.add_argument(
+        "--words",
+        action="store_true",
+        help="ask for each word's start, end and confidence on every final (costs model time)",
+    )
+    parser.add_argument(
+        "--prompt",
+        help="words to expect (names, products, jargon), given to the model as its initial prompt",
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=readable_file,
+        help="PEM certificate(s) to trust for a wss:// URI: a private CA, or the server's self-signed one",
+    )
+    parser.add_argument(
         "--timeout",
         type=positive_seconds,
         default=timeout_s,
@@ -91,19 +114,35 @@ def add_stream_arguments(parser: argparse.ArgumentParser, *, timeout_s: float) -
     )
 
 
-def build_url(uri: str, sample_rate: int, model: str | None, *, partials: bool = False) -> str:
-    """The session URL: ``uri`` with ``sample_rate`` (and ``model``, ``partials``) in its query."""
+def build_url(
+    uri: str,
+    sample_rate: int,
+    model: str | None,
+    *,
+    partials: bool = False,
+    channels: int = 1,
+    roles: str | None = None,
+    words: bool = False,
+    prompt: str | None = None,
+) -> str:
+    """The session URL: ``uri`` with ``sample_rate`` (and ``model``, ``partials``, ``channels``,
+    ``roles``, ``words``, ``prompt``) in its query."""
     parts = urlsplit(uri)
-    query = [
-        (key, value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        if key not in ("sample_rate", "model", "partials")
-    ]
+    ours = ("sample_rate", "model", "partials", "channels", "roles", "words", "prompt")
+    query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key not in ours]
     query.append(("sample_rate", str(sample_rate)))
     if model:
         query.append(("model", model))
     if partials:
         query.append(("partials", "1"))
+    if channels != 1:
+        query.append(("channels", str(channels)))
+    if roles:
+        query.append(("roles", roles))
+    if words:
+        query.append(("words", "1"))
+    if prompt:
+        query.append(("prompt", prompt))
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", urlencode(query), ""))
 
 
@@ -124,9 +163,21 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def format_final(event: Mapping[str, object]) -> str:
-    """``[  1.23 →   3.40] text  (0.81 s)``; times and latency only when present."""
+def speaker(event: Mapping[str, object], channels: int) -> str | None:
+    """Who said it: the channel's role, or ``channel N`` when the session has several."""
+    role = event.get("role")
+    if isinstance(role, str):
+        return role
+    channel = event.get("channel")
+    return f"channel {channel}" if channels > 1 and isinstance(channel, int) else None
+
+
+def format_final(event: Mapping[str, object], channels: int = 1) -> str:
+    """``[  1.23 →   3.40] agent: text  (0.81 s)``; times, speaker and latency when present."""
     line = str(event.get("text", "")).strip()
+    who = speaker(event, channels)
+    if who is not None:
+        line = f"{who}: {line}"
     start, end = _number(event.get("start")), _number(event.get("end"))
     if start is not None and end is not None:
         line = f"[{start:6.2f} → {end:6.2f}] {line}"
@@ -143,9 +194,10 @@ class Display:
     """Prints server events: finals on stdout (partials in place on one line), the rest on
     stderr, or every event as one JSON line. Keeps the finals for subtitle files."""
 
-    def __init__(self, *, as_json: bool, partials: bool = False) -> None:
+    def __init__(self, *, as_json: bool, partials: bool = False, channels: int = 1) -> None:
         self.as_json = as_json
         self.partials = partials
+        self.channels = channels
         self.finals: list[Mapping[str, object]] = []
         self._partial_on_screen = False
 
@@ -164,7 +216,7 @@ class Display:
             print(CLEAR_LINE, end="", flush=True)
             self._partial_on_screen = False
         if kind == "final" or (kind is None and "text" in event):
-            print(format_final(event), flush=True)
+            print(format_final(event, self.channels), flush=True)
         elif kind == "error":
             segment = event.get("segment")
             where = f" (segment {segment})" if segment is not None else ""
@@ -241,19 +293,29 @@ def _describe_refusal(exc: InvalidStatus) -> str:
     return f"{reason}: {detail[0][:200]}" if detail else reason
 
 
-async def stream_session(url: str, send_audio: AudioSender, display: Display, done_timeout: float) -> int:
+async def stream_session(
+    url: str, send_audio: AudioSender, display: Display, done_timeout: float, ca_file: str | None = None
+) -> int:
     """Run one session against ``url`` and return the process exit status.
 
-    ``send_audio`` sends the PCM frames; the EOF frame is sent after it returns.
-    Connection failures and abnormal closes are reported in one line on stderr.
+    ``send_audio`` sends the PCM frames; the EOF frame is sent after it returns. ``ca_file``:
+    the certificates to trust for wss:// instead of the system's. Connection failures and abnormal
+    closes are reported in one line on stderr.
     """
+    # wss://: trust the system's CAs, or only ``ca_file``'s certificates when it is given.
+    tls = ssl.create_default_context(cafile=ca_file) if url.startswith("wss://") else None
     try:
-        ws = await connect(url, open_timeout=OPEN_TIMEOUT_S, max_size=MAX_MESSAGE_BYTES)
+        ws = await connect(url, open_timeout=OPEN_TIMEOUT_S, max_size=MAX_MESSAGE_BYTES, ssl=tls)
     except InvalidStatus as exc:
         print(f"server refused the connection: {_describe_refusal(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except InvalidHandshake as exc:
         print(f"WebSocket handshake with {url} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ssl.SSLCertVerificationError as exc:
+        print(
+            f"cannot verify {url}'s certificate: {exc.verify_message} (--ca-file trusts one)", file=sys.stderr
+        )
         return EXIT_FAILURE
     except TimeoutError:
         print(f"timed out connecting to {url}", file=sys.stderr)

@@ -36,6 +36,77 @@ def resample_pcm16(pcm: bytes, rate: int, target: int = MODEL_RATE) -> bytes:
     return float_to_pcm16(out)
 
 
+def _mulaw_table() -> NDArray[np.int16]:
+    """ITU-T G.711 mu-law: each of the 256 codes as a 16-bit sample."""
+    code = ~np.arange(256, dtype=np.uint8)
+    exponent, mantissa = (code >> 4) & 0x07, code & 0x0F
+    magnitude = (((mantissa.astype(np.int32) << 3) + 0x84) << exponent) - 0x84
+    return np.where(code & 0x80, -magnitude, magnitude).astype(np.int16)
+
+
+def _alaw_table() -> NDArray[np.int16]:
+    """ITU-T G.711 A-law: each of the 256 codes as a 16-bit sample."""
+    code = np.arange(256, dtype=np.uint8) ^ 0x55
+    exponent, mantissa = (code >> 4) & 0x07, (code & 0x0F).astype(np.int32)
+    magnitude = np.where(
+        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0)
+    )
+    return np.where(code & 0x80, magnitude, -magnitude).astype(np.int16)
+
+
+G711 = {"mulaw": _mulaw_table(), "alaw": _alaw_table()}
+
+
+def decode_pcm16(data: bytes, encoding: str) -> bytes:
+    """Audio in ``encoding`` (``linear16``, or G.711 ``mulaw``/``alaw``: a byte a sample) as
+    16-bit little-endian PCM."""
+    if encoding == "linear16":
+        return data
+    return G711[encoding][np.frombuffer(data, dtype=np.uint8)].astype("<i2").tobytes()
+
+
+def split_channels(pcm: bytes, channels: int) -> list[bytes]:
+    """Interleaved 16-bit PCM (whole sample frames) as one PCM per channel."""
+    if channels == 1:
+        return [pcm]
+    samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels)
+    return [samples[:, c].tobytes() for c in range(channels)]
+
+
+class StreamResampler:
+    """``resample_pcm16`` for audio that comes in pieces: the output of all pieces is what one
+    call on the whole would give, but for the last ``CONTEXT`` input samples, held until more
+    comes (the filter needs what follows them) and given by ``flush``."""
+
+    CONTEXT = 96  # input samples: more than the filter's half-length at every ratio used here
+
+    def __init__(self, rate: int, target: int = MODEL_RATE) -> None:
+        g = gcd(rate, target)
+        self.up, self.down = target // g, rate // g
+        self.context = self.CONTEXT - self.CONTEXT % self.down  # whole output samples
+        self._history = np.zeros(0, np.float32)  # already given out: left context
+        self._pending = np.zeros(0, np.float32)  # not given out yet: waits for right context
+
+    def feed(self, pcm: bytes) -> bytes:
+        x = np.concatenate([self._history, self._pending, pcm16_to_float(pcm)])
+        done = len(x) - self.context  # input samples whose output is final now
+        done -= (done - len(self._history)) % self.down
+        if done <= len(self._history):
+            self._pending = x[len(self._history) :]
+            return b""
+        y = resample_poly(x, self.up, self.down)
+        out = y[len(self._history) * self.up // self.down : done * self.up // self.down]
+        self._history, self._pending = x[max(0, done - self.context) : done], x[done:]
+        return float_to_pcm16(out)
+
+    def flush(self) -> bytes:
+        """The output of what is still held (the stream ended)."""
+        x = np.concatenate([self._history, self._pending])
+        start = len(self._history) * self.up // self.down
+        self._history, self._pending = np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return float_to_pcm16(resample_poly(x, self.up, self.down)[start:]) if len(x) else b""
+
+
 FLATNESS_BLOCK = 512  # samples per spectrum (about 32 ms at 16 kHz)
 FLATNESS_MAX_BLOCKS = 64  # spread over the audio: the cost stays bounded on long segments
 _HANN = np.hanning(FLATNESS_BLOCK).astype(np.float32)

@@ -47,6 +47,12 @@ def result_channel(session: str) -> str:
     return f"{PREFIX}:results:{session}"
 
 
+def call_events(call: str) -> str:
+    """A telephony call's events (start, transcripts, dtmf, mark, stop, done), in order: read by a
+    CRM with XREAD, or live on the ingest's ``/calls/<call>/events``."""
+    return f"{PREFIX}:call:{call}"
+
+
 def control_channel(ingest_id: str) -> str:
     """A channel each ingest holds open so its subscriber connection always exists."""
     return f"{PREFIX}:ingest:{ingest_id}"

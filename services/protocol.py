@@ -11,6 +11,7 @@ Three wire formats live here and nowhere else:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs
@@ -34,6 +35,8 @@ CLOSE_TRY_AGAIN = 1013
 # Every ``code`` an error event can carry (the README's table explains each).
 ERROR_CODES = (
     "bad_sample_rate",
+    "bad_parameter",
+    "unknown_call",
     "unknown_model",
     "no_transcriber",
     "bad_audio",
@@ -66,6 +69,25 @@ class ProtocolError(Exception):
 # --- client -> server -------------------------------------------------------
 
 
+ENCODINGS = ("linear16", "mulaw", "alaw")  # 16-bit PCM, G.711 mu-law, G.711 A-law
+MAX_CHANNELS = 2
+ROLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+# Every query parameter a session may carry; anything else is refused, not ignored.
+QUERY_PARAMS = (
+    *RATE_PARAMS,
+    "model",
+    "partials",
+    "words",
+    "prompt",
+    "encoding",
+    "channels",
+    "roles",
+    "token",
+)
+# A session's vocabulary for the model (Whisper's initial prompt): names, products, jargon.
+PROMPT_MAX_CHARS = 500
+
+
 @dataclass(frozen=True)
 class SessionParams:
     """What a client asks for in the query string of its WebSocket URL."""
@@ -73,11 +95,49 @@ class SessionParams:
     sample_rate: int = DEFAULT_SAMPLE_RATE
     model: str | None = None
     partials: bool = False
+    encoding: str = "linear16"
+    channels: int = 1
+    roles: tuple[str, ...] = ()  # a name per channel, or none
+    words: bool = False  # word timings and confidence on every final
+    prompt: str = ""  # the model's initial prompt: words to expect
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self.encoding == "linear16" else 1
+
+
+def _last(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name, [])
+    return values[-1].strip() if values else None
+
+
+def check_prompt(prompt: str) -> str:
+    """A session's prompt, bounded: refused when longer than PROMPT_MAX_CHARS."""
+    if len(prompt) > PROMPT_MAX_CHARS:
+        raise ProtocolError(
+            "bad_parameter", f"prompt of {len(prompt)} characters; at most {PROMPT_MAX_CHARS}"
+        )
+    return prompt.strip()
+
+
+def _prompt(params: dict[str, list[str]]) -> str:
+    return check_prompt(_last(params, "prompt") or "")
+
+
+def _flag(params: dict[str, list[str]], name: str) -> bool:
+    return (_last(params, name) or "").lower() in ("1", "true", "yes", "on")
 
 
 def parse_query(query: str) -> SessionParams:
-    """Parse ``sample_rate=...&model=...``; raise ProtocolError for bad values."""
+    """Parse ``sample_rate=...&model=...``; raise ProtocolError for an unknown parameter or a
+    value the server cannot honour (a client must never get audio read the wrong way)."""
     params = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(params) - set(QUERY_PARAMS))
+    if unknown:
+        raise ProtocolError(
+            "bad_parameter",
+            f"unknown query parameter {unknown[0]!r}; known: {', '.join(QUERY_PARAMS)}",
+        )
     rates = [value for name in RATE_PARAMS for value in params.get(name, [])]
     sample_rate = DEFAULT_SAMPLE_RATE
     if rates:
@@ -93,33 +153,78 @@ def parse_query(query: str) -> SessionParams:
                 f"sample rate {sample_rate} Hz is not supported; use one of "
                 + ", ".join(str(r) for r in SAMPLE_RATES),
             )
-    models = params.get("model", [])
-    model = models[-1].strip() if models else None
-    asked = params.get("partials", [])
-    partials = bool(asked) and asked[-1].strip().lower() in ("1", "true", "yes", "on")
-    return SessionParams(sample_rate=sample_rate, model=model or None, partials=partials)
-
-
-def check_audio_frame(frame: bytes) -> None:
-    """A binary frame must hold whole 16-bit samples."""
-    if len(frame) % 2:
+    partials, words = (_flag(params, "partials"), _flag(params, "words"))
+    encoding = (_last(params, "encoding") or "linear16").lower()
+    if encoding not in ENCODINGS:
         raise ProtocolError(
-            "bad_audio",
-            f"binary frame of {len(frame)} bytes is not 16-bit PCM (odd length)",
-            CLOSE_UNSUPPORTED_DATA,
+            "bad_parameter", f"encoding {encoding!r} is not supported; use one of {', '.join(ENCODINGS)}"
         )
+    raw_channels = _last(params, "channels") or "1"
+    if raw_channels not in [str(n) for n in range(1, MAX_CHANNELS + 1)]:
+        raise ProtocolError(
+            "bad_parameter", f"channels={raw_channels!r}: 1 or {MAX_CHANNELS} (interleaved) are supported"
+        )
+    channels = int(raw_channels)
+    roles = tuple((_last(params, "roles") or "").split(",")) if _last(params, "roles") else ()
+    named = all(ROLE_NAME.fullmatch(role) for role in roles) and len(set(roles)) == len(roles)
+    if roles and (len(roles) != channels or not named):
+        raise ProtocolError(
+            "bad_parameter",
+            f"roles={','.join(roles)!r}: one distinct name per channel ({channels}), letters, digits, _ or -",
+        )
+    model = _last(params, "model") or None
+    return SessionParams(sample_rate, model, partials, encoding, channels, roles, words, _prompt(params))
+
+
+def parse_call_query(query: str) -> SessionParams:
+    """A telephony stream's URL: ``model``, ``partials``, ``words`` and ``prompt`` are ours; any
+    other parameter is the platform's own (Exotel puts its sample rate and custom parameters
+    there) and left to it."""
+    params = parse_qs(query, keep_blank_values=True)
+    model = _last(params, "model") or None
+    partials, words = _flag(params, "partials"), _flag(params, "words")
+    return SessionParams(model=model, partials=partials, words=words, prompt=_prompt(params))
+
+
+def check_frame_size(size: int, limit: int) -> None:
+    """A frame over ``limit`` bytes (``--max-frame-bytes``) is refused."""
+    if size > limit:
+        raise ProtocolError("frame_too_big", f"frame of {size} bytes; the limit is {limit}", CLOSE_TOO_BIG)
 
 
 @dataclass(frozen=True)
 class Eof:
-    """The client has no more audio."""
+    """The client has no more audio (``EOF``, ``{"type": "eof"}`` or ``{"type": "close_stream"}``)."""
 
 
-ClientMessage = Eof
+@dataclass(frozen=True)
+class Configure:
+    """A new prompt (vocabulary) for the segments that close from now on."""
+
+    prompt: str
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Nothing to send now; the session stays open (it resets the idle timer, as any frame does)."""
+
+
+@dataclass(frozen=True)
+class Finalize:
+    """Close the open segment now; its final comes as usual and the session goes on."""
+
+
+ClientMessage = Eof | KeepAlive | Finalize | Configure
+CLIENT_MESSAGES: dict[str, ClientMessage] = {
+    "eof": Eof(),
+    "close_stream": Eof(),
+    "keepalive": KeepAlive(),
+    "finalize": Finalize(),
+}
 
 
 def parse_text(text: str) -> ClientMessage:
-    """Parse a text frame from the client: ``EOF`` or ``{"type": "eof"}``."""
+    """Parse a text frame from the client: ``EOF`` or ``{"type": ...}`` (CLIENT_MESSAGES)."""
     if text.strip() == "EOF":
         return Eof()
     try:
@@ -129,9 +234,17 @@ def parse_text(text: str) -> ClientMessage:
     if not isinstance(message, dict):
         raise ProtocolError("bad_message", "text frame must be a JSON object")
     kind = message.get("type")
-    if kind == "eof":
-        return Eof()
-    raise ProtocolError("bad_message", f"unknown message type {kind!r}; expected 'eof'")
+    if kind == "configure":
+        prompt = message.get("prompt")
+        if not isinstance(prompt, str):
+            raise ProtocolError("bad_message", "configure needs a string 'prompt'")
+        return Configure(check_prompt(prompt))
+    if isinstance(kind, str) and kind in CLIENT_MESSAGES:
+        return CLIENT_MESSAGES[kind]
+    raise ProtocolError(
+        "bad_message",
+        f"unknown message type {kind!r}; expected one of {', '.join(CLIENT_MESSAGES)}, configure",
+    )
 
 
 # --- server -> client -------------------------------------------------------
@@ -141,16 +254,27 @@ def _dump(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+def _channel(channel: int, role: str | None) -> dict[str, Any]:
+    """Where an event belongs: its channel (0 for mono), and the channel's role when named."""
+    return {"channel": channel} if role is None else {"channel": channel, "role": role}
+
+
 @dataclass(frozen=True)
 class Ready:
     session: str
     model: str
     sample_rate: int
     partials: bool = False
+    encoding: str = "linear16"
+    channels: int = 1
+    roles: tuple[str, ...] = ()
+    words: bool = False
     type: Literal["ready"] = "ready"
 
     def to_json(self) -> str:
-        return _dump(asdict(self))
+        out = asdict(self)
+        out["roles"] = list(self.roles)
+        return _dump(out)
 
 
 @dataclass(frozen=True)
@@ -162,19 +286,25 @@ class Final:
     start: float
     end: float
     latency: float
+    channel: int = 0
+    role: str | None = None
+    words: tuple[dict[str, Any], ...] = ()  # {word, start, end, confidence}, stream seconds
+    confidence: float | None = None
     type: Literal["final"] = "final"
 
     def to_json(self) -> str:
-        return _dump(
-            {
-                "type": self.type,
-                "text": self.text,
-                "segment": self.segment,
-                "start": round(self.start, 3),
-                "end": round(self.end, 3),
-                "latency": round(self.latency, 3),
-            }
-        )
+        out: dict[str, Any] = {
+            "type": self.type,
+            "text": self.text,
+            "segment": self.segment,
+            **_channel(self.channel, self.role),
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "latency": round(self.latency, 3),
+        }
+        if self.confidence is not None:
+            out |= {"confidence": self.confidence, "words": list(self.words)}
+        return _dump(out)
 
 
 @dataclass(frozen=True)
@@ -183,23 +313,36 @@ class Partial:
 
     text: str
     segment: int
+    channel: int = 0
+    role: str | None = None
     type: Literal["partial"] = "partial"
 
     def to_json(self) -> str:
-        return _dump({"type": self.type, "text": self.text, "segment": self.segment})
+        return _dump(
+            {
+                "type": self.type,
+                "text": self.text,
+                "segment": self.segment,
+                **_channel(self.channel, self.role),
+            }
+        )
 
 
 @dataclass(frozen=True)
 class ErrorEvent:
+    """``segment`` (and its channel) when it concerns one segment: the session goes on."""
+
     code: str
     message: str
     segment: int | None = None
+    channel: int = 0
+    role: str | None = None
     type: Literal["error"] = "error"
 
     def to_json(self) -> str:
         out: dict[str, Any] = {"type": self.type, "code": self.code, "message": self.message}
         if self.segment is not None:
-            out["segment"] = self.segment
+            out |= {"segment": self.segment, **_channel(self.channel, self.role)}
         return _dump(out)
 
 
@@ -211,7 +354,19 @@ class Done:
         return _dump(asdict(self))
 
 
-ServerEvent = Ready | Partial | Final | ErrorEvent | Done
+@dataclass(frozen=True)
+class CallEvent:
+    """A moment on a telephony call's timeline (``start``, ``dtmf``, ``mark``, ``stop``),
+    recorded in the call's event stream beside its transcripts."""
+
+    type: str
+    fields: dict[str, Any]
+
+    def to_json(self) -> str:
+        return _dump({"type": self.type, **self.fields})
+
+
+ServerEvent = Ready | Partial | Final | ErrorEvent | Done | CallEvent
 
 
 # --- ingest -> transcriber: one stream entry per segment ---------------------
@@ -235,11 +390,17 @@ class SegmentJob:
     enqueued_at: float
     partial: bool = False  # a partial request for a segment still open
     eager: int = 0  # a guess of eager endpointing (its token), made before the pause was confirmed
+    channel: int = 0  # the session's audio channel it comes from; echoed by its result
+    words: bool = False  # time its words too
+    prompt: str = ""  # the session's vocabulary for the model
 
     def to_fields(self) -> dict[str, bytes | str]:
         return {
+            "prompt": self.prompt,
             "partial": "1" if self.partial else "0",
+            "words": "1" if self.words else "0",
             "eager": str(self.eager),
+            "channel": str(self.channel),
             "session": self.session,
             "segment": str(self.segment),
             "pcm": self.pcm,
@@ -263,6 +424,9 @@ class SegmentJob:
                 enqueued_at=float(fields[b"enqueued_at"]),
                 partial=fields.get(b"partial") == b"1",
                 eager=int(fields.get(b"eager", b"0")),
+                channel=int(fields.get(b"channel", b"0")),
+                words=fields.get(b"words") == b"1",
+                prompt=fields.get(b"prompt", b"").decode(),
             )
         except (KeyError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"malformed segment entry: {exc!r}") from None
@@ -273,6 +437,21 @@ class SegmentJob:
 
 
 # --- transcriber -> ingest: one pub/sub message per segment -------------------
+
+
+def _words(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise ValueError("words must be a list")
+    return [
+        {
+            "word": str(w["word"]),
+            "start": float(w["start"]),
+            "end": float(w["end"]),
+            "confidence": float(w["confidence"]),
+        }
+        for w in raw
+    ]
+
 
 Outcome = Literal["text", "empty", "error"]
 
@@ -293,6 +472,9 @@ class SegmentResult:
     timings: dict[str, float] = field(default_factory=dict)
     partial: bool = False
     eager: int = 0  # the job's eager token, echoed
+    channel: int = 0  # the job's channel, echoed
+    words: list[dict[str, Any]] = field(default_factory=list)  # timed words, stream seconds
+    confidence: float | None = None
 
     def to_json(self) -> str:
         return _dump(asdict(self))
@@ -314,6 +496,9 @@ class SegmentResult:
                 timings={str(k): float(v) for k, v in data.get("timings", {}).items()},
                 partial=bool(data.get("partial", False)),
                 eager=int(data.get("eager", 0)),
+                channel=int(data.get("channel", 0)),
+                words=_words(data.get("words", [])),
+                confidence=None if data.get("confidence") is None else float(data["confidence"]),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"malformed result message: {exc!r}") from None

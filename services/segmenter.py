@@ -27,6 +27,8 @@ from services.audio import spectral_flatness
 from services.protocol import SAMPLE_RATES
 
 VadFn = Callable[[bytes], bool]
+# Why a segment closed: its pause, its length limit, end of audio, or the client asked (finalize).
+Reason = Literal["silence", "max_length", "eof", "finalize"]
 # A segment ends once no more than this share of the trailing silence window is voiced,
 # so a lone noise frame inside a pause does not hold a segment open.
 END_VOICED_SHARE = 0.1
@@ -87,7 +89,7 @@ class Segment:
     end: float
     speech_end: float
     voiced: float
-    reason: Literal["silence", "max_length", "eof"]
+    reason: Reason
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,12 @@ class Segmenter:
         del self._pending[:whole]
         return events
 
+    def finalize(self) -> list[Event]:
+        """Close the open segment now (the client asked); the stream goes on."""
+        if self._speech is None:
+            return []
+        return [self._close(len(self._speech), "finalize")]
+
     def flush(self) -> list[Event]:
         """End of stream: close any open segment (a partial last frame is ignored)."""
         self._pending.clear()
@@ -254,7 +262,7 @@ class Segmenter:
         energy = [float(np.abs(np.frombuffer(f, "<i2")).mean()) for f, _ in self._speech[lo:]]
         return max(1, lo + int(np.argmin(energy)))
 
-    def _close(self, keep: int, reason: Literal["silence", "max_length", "eof"]) -> Segment | Dropped:
+    def _close(self, keep: int, reason: Reason) -> Segment | Dropped:
         """Emit the first ``keep`` frames of the open segment as one event."""
         assert self._speech is not None
         frames, rest = self._speech[:keep], self._speech[keep:]
@@ -268,9 +276,7 @@ class Segmenter:
             self._history.extend(rest)
         return event
 
-    def _event(
-        self, frames: list[tuple[bytes, bool]], reason: Literal["silence", "max_length", "eof"]
-    ) -> Segment | Dropped:
+    def _event(self, frames: list[tuple[bytes, bool]], reason: Reason) -> Segment | Dropped:
         """What the open segment's first ``len(frames)`` frames make, closed for ``reason``."""
         first = self._speech_first
         voiced_flags = [v for _, v in frames]

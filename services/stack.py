@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -118,6 +119,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # whisper-base for transformers, on the CPU: what the tests and benches serve (Stack.base)
 MODEL_DIR = ROOT / TRANSFORMERS_MODEL
 POOL = MODEL_DIR.name
+CT2_DIR = ROOT / CT2_MODEL  # the same weights for CTranslate2 (word timings, prompts)
 
 
 def free_port() -> int:
@@ -135,11 +137,16 @@ def port_open(port: int) -> bool:
         return False
 
 
-def healthy(port: int) -> bool:
-    """The ingest at ``port`` answers ``/healthz`` (it listens only once it can relay results)."""
+def healthy(port: int, tls: bool = False) -> bool:
+    """The ingest at ``port`` answers ``/healthz`` (it listens only once it can relay results);
+    over TLS whatever its certificate (this checks readiness, not trust)."""
+    scheme = "https" if tls else "http"
+    unverified = ssl._create_unverified_context() if tls else None
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return bool(response.status == HTTPStatus.OK)
+        with urllib.request.urlopen(
+            f"{scheme}://127.0.0.1:{port}/healthz", timeout=1, context=unverified
+        ) as answer:
+            return bool(answer.status == HTTPStatus.OK)
     except OSError:
         return False
 
@@ -268,8 +275,9 @@ def start_ingest(
     args += [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
     log = None if logs is None else logs / f"ingest-{port}.log"
     proc = Proc("ingest", [*args, *flags], log)
-    wait_started(proc, lambda: healthy(port), 60, "the ingest to listen")
-    return f"ws://127.0.0.1:{port}", proc
+    tls = "--tls-cert" in flags
+    wait_started(proc, lambda: healthy(port, tls), 60, "the ingest to listen")
+    return f"{'wss' if tls else 'ws'}://127.0.0.1:{port}", proc
 
 
 class Stack:

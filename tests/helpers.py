@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
 from services.stack import ROOT
 
 
@@ -24,3 +27,18 @@ def run_client(
 
 def finals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("type") == "final"]
+
+
+def ws_exchange(uri: str, frames: list[bytes | str]) -> tuple[list[dict[str, Any]], int | None, str]:
+    """Send ``frames`` on a raw WebSocket; return the events received, close code and reason."""
+    events = []
+    with connect(uri, open_timeout=10) as ws:
+        try:
+            for frame in frames:
+                ws.send(frame)
+            while True:
+                message = ws.recv(timeout=60)
+                events.append(json.loads(message))
+        except ConnectionClosed:
+            pass
+        return events, ws.close_code, ws.close_reason or ""

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import ctranslate2  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
@@ -72,7 +73,7 @@ def test_max_new_tokens_bound_holds(model: CTranslate2Model, speech: Speech) -> 
     """CTranslate2 halves max_length; with end-of-text suppressed, exactly the bound is generated."""
     clips, _ = utterances(speech, (0,))
     [result] = model.model.generate(
-        model.features(clips),
+        ctranslate2.StorageView.from_array(model.features(clips)),
         [model.prompt],
         beam_size=1,
         max_length=ct2_max_length(7),
@@ -137,7 +138,12 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 class NoModel:
     """Reading a batch never reaches the model."""
 
-    def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
+    def transcribe(
+        self,
+        batch: Sequence[NDArray[np.float32]],
+        words: Sequence[bool] = (),
+        prompts: Sequence[str] = (),
+    ) -> list[Transcript]:
         raise AssertionError("the model is not part of reading a batch")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 
 from services import metrics
@@ -17,7 +16,6 @@ from services.protocol import (
     ErrorEvent,
     Final,
     Partial,
-    ProtocolError,
     SegmentJob,
     SegmentResult,
     ServerEvent,
@@ -198,16 +196,6 @@ def test_the_session_length_limit_ends_it_like_end_of_audio_with_an_error() -> N
     assert [job.segment for job in jobs] == [0]  # what was said so far is still transcribed
 
 
-@pytest.mark.parametrize(
-    ("frame", "code"), [(b"\0" * 3, "bad_audio"), (b"\0" * (300 * 1024), "frame_too_big")]
-)
-def test_a_frame_it_cannot_take_is_refused(frame: bytes, code: str) -> None:
-    core, clock = make_core()
-    with pytest.raises(ProtocolError) as refused:
-        core.audio(frame, clock.now)
-    assert refused.value.code == code
-
-
 def test_a_sent_final_is_measured_whole_and_in_parts() -> None:
     config = parse_args(["--silence-ms", "300", "--eager-ms", "0"])
     registry = metrics.new_registry()
@@ -223,4 +211,3 @@ def test_a_sent_final_is_measured_whole_and_in_parts() -> None:
     assert sample("stt_segment_model_seconds_sum", {"model": "swift"}) == pytest.approx(0.2)
     assert sample("stt_relay_seconds_sum", {"model": "swift"}) == pytest.approx(0.2)
     assert sample("stt_segments_enqueued_total", {"model": "swift"}) == 1
-    assert np.isclose(sample("stt_audio_received_bytes_total") or 0, len(utterances(1.0)), atol=640)

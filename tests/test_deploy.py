@@ -23,6 +23,7 @@ from services.stack import ROOT
 
 BASE = "docker-compose.yml"
 GPU = "docker-compose.gpu.yml"
+TLS = "docker-compose.tls.yml"
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
@@ -86,6 +87,7 @@ RENDERINGS = {
     "cpu+prime": ((BASE,), "prime"),
     "gpu": ((BASE, GPU), ""),
     "gpu+prime": ((BASE, GPU), "prime"),
+    "tls": ((BASE, TLS), ""),
 }
 
 
@@ -98,6 +100,22 @@ def test_compose_files_render_and_match_the_compose_spec_schema(which: str) -> N
     assert not errors, "\n".join(errors)
     expected = {"redis", "ingest", "transcriber", "transcriber-partials", "prometheus", "grafana"}
     assert set(rendered["services"]) == expected | ({"transcriber-prime"} if profile else set())
+
+
+def test_tls_override_gives_the_ingest_its_certificate_and_an_https_health_check() -> None:
+    ingest = render(BASE, TLS, env=(("TLS_DIR", "/etc/letsencrypt/live/stt"),))["services"]["ingest"]
+    assert (ingest["environment"]["TLS_CERT"], ingest["environment"]["TLS_KEY"]) == (
+        "/certs/cert.pem",
+        "/certs/key.pem",
+    )
+    (volume,) = ingest["volumes"]
+    assert (volume["source"], volume["target"], volume["read_only"]) == (
+        "/etc/letsencrypt/live/stt",
+        "/certs",
+        True,
+    )
+    assert "https://127.0.0.1:8000/healthz" in " ".join(ingest["healthcheck"]["test"])
+    assert ingest["environment"]["REDIS_URL"] == "redis://redis:6379/0"  # the base service, extended
 
 
 def test_the_schema_check_catches_a_broken_file() -> None:

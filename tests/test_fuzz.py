@@ -9,21 +9,29 @@ from __future__ import annotations
 import contextlib
 import json
 import tracemalloc
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services import metrics
+from services.ingest.channels import Channels
+from services.ingest.config import parse_args
+from services.metrics import IngestMetrics
 from services.protocol import (
+    ENCODINGS,
     SAMPLE_RATES,
+    Eof,
+    Finalize,
     ProtocolError,
     SegmentJob,
     SegmentResult,
-    check_audio_frame,
+    SessionParams,
     parse_query,
     parse_text,
 )
-from services.segmenter import Segment, Segmenter, SegmenterConfig
+from services.segmenter import SegmenterConfig
 
 FRAMES = st.one_of(
     st.binary(max_size=6000),
@@ -36,34 +44,42 @@ EXAMPLES = 1000
 FRAMES_PER_EXAMPLE = 10
 seen = {"frames": 0}
 CONFIG = SegmenterConfig(max_segment_ms=3000, cut_search_ms=1000)
+INGEST = replace(parse_args([]), segmenter=CONFIG)
+METRICS = IngestMetrics(metrics.new_registry())
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rate=st.sampled_from(SAMPLE_RATES),
+    encoding=st.sampled_from(ENCODINGS),
+    channels=st.sampled_from((1, 2)),
     frames=st.lists(FRAMES, min_size=FRAMES_PER_EXAMPLE, max_size=FRAMES_PER_EXAMPLE + 10),
     query=st.text(max_size=80),
 )
-def fuzz_frames(rate: int, frames: list[bytes | str], query: str) -> None:
+def fuzz_frames(rate: int, encoding: str, channels: int, frames: list[bytes | str], query: str) -> None:
     with contextlib.suppress(ProtocolError):
         parse_query(query)
-    segmenter = Segmenter(rate, CONFIG)
+    params = SessionParams(rate, None, encoding=encoding, channels=channels)
+    session = Channels("fuzz", "swift", params, INGEST, METRICS, now=0.0)
     for frame in frames:
         seen["frames"] += 1
         try:
             if isinstance(frame, str):
-                parse_text(frame)
-                events = segmenter.flush()
+                message = parse_text(frame)
+                if isinstance(message, Eof):
+                    session.end_of_audio(1.0)
+                elif isinstance(message, Finalize):
+                    session.finalize(1.0)
             else:
-                check_audio_frame(frame)
-                events = segmenter.feed(frame)
+                session.audio(frame, 1.0)
         except ProtocolError as err:
             assert err.code in {"bad_message", "bad_audio"} and err.message
             continue
-        assert segmenter.held_bytes <= segmenter.max_held_bytes
-        for event in events:
-            if isinstance(event, Segment):
-                assert event.end - event.start <= CONFIG.max_segment_ms / 1000
+        for core in session.cores:
+            assert core.segmenter.held_bytes <= core.segmenter.max_held_bytes
+        for job in session.jobs_to_queue():
+            assert job.end - job.start <= CONFIG.max_segment_ms / 1000 + 0.05
+            assert 0 <= job.channel < channels
 
 
 @settings(max_examples=500, deadline=None)

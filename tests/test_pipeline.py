@@ -5,7 +5,6 @@ Real processes (redis-server, ingest, transcriber), real WebSocket connections, 
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from services.stack import Stack
 from services.transcriber.guard import collapse_repeats
 from services.transcriber.interface import max_new_tokens
-from tests.helpers import finals, run_client
+from tests.helpers import finals, run_client, ws_exchange
 from tools.speech import HINDI_CLIPS, Speech, wer, words
 
 
@@ -117,21 +114,6 @@ def test_real_hindi_clips_never_run_away(base_stack: Stack, tmp_path: Path) -> N
         assert len(words(final["text"])) <= max_new_tokens(final["end"] - final["start"]), final
 
 
-def ws_exchange(uri: str, frames: list[bytes | str]) -> tuple[list[dict[str, Any]], int | None, str]:
-    """Send ``frames`` on a raw WebSocket; return the events received, close code and reason."""
-    events = []
-    with connect(uri, open_timeout=10) as ws:
-        try:
-            for frame in frames:
-                ws.send(frame)
-            while True:
-                message = ws.recv(timeout=60)
-                events.append(json.loads(message))
-        except ConnectionClosed:
-            pass
-        return events, ws.close_code, ws.close_reason or ""
-
-
 @pytest.mark.parametrize(
     ("query", "frames", "code", "close_code"),
     [
@@ -140,6 +122,11 @@ def ws_exchange(uri: str, frames: list[bytes | str]) -> tuple[list[dict[str, Any
         ("", [b"\x00" * 321], "bad_audio", 1003),
         ("", [b"\x00" * 320, "hello"], "bad_message", 1008),
         ("", [b"\x00" * 320, '{"type": "pause"}'], "bad_message", 1008),
+        # A parameter the server does not know is refused, never ignored (audio read the wrong way).
+        ("?encoding=mulaw&interim=1", [], "bad_parameter", 1008),
+        ("?channels=4", [], "bad_parameter", 1008),
+        ("?encoding=opus", [], "bad_parameter", 1008),
+        ("?channels=2", [b"\x00" * 322], "bad_audio", 1003),
     ],
 )
 def test_bad_requests_get_an_error_event_and_close_code(

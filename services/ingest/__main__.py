@@ -13,6 +13,7 @@ import redis
 from services.config import setup_logging
 from services.ingest.config import parse_args
 from services.ingest.server import run
+from services.ingest.tls import CertificateError
 from services.metrics import MetricsPortError
 
 
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     try:
         asyncio.run(run(config))
-    except (redis.ConnectionError, MetricsPortError) as exc:
+    except (redis.ConnectionError, MetricsPortError, CertificateError) as exc:
         logging.getLogger("ingest").error("%s", exc)
         return 1
     except OSError as exc:

@@ -11,6 +11,15 @@ from services.segmenter import SegmenterConfig
 
 
 @dataclass(frozen=True)
+class CallConfig:
+    """Telephony calls (/twilio, /exotel, /plivo) and their event streams."""
+
+    events_ttl: float  # a call's event stream expires this long after its last event (s)
+    events_maxlen: int  # and keeps at most about this many events
+    twilio_auth_token: str  # when set, /twilio checks X-Twilio-Signature
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     host: str
     port: int
@@ -33,6 +42,9 @@ class IngestConfig:
     web: bool
     partial_ms: int
     eager_max_backlog: int
+    calls: CallConfig
+    tls_cert: str  # with tls_key: serve wss:// and https:// (empty: plain ws:// and http://)
+    tls_key: str
     metrics_port: int
     log_level: str
 
@@ -193,8 +205,37 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         "no eager guesses while the model's stream holds more segments than this (the pool is busy)",
         type=int,
     )
+    parser.env_flag(
+        "--call-events-ttl",
+        "CALL_EVENTS_TTL",
+        86400.0,
+        "a telephony call's event stream is kept this long after its last event (s)",
+        type=positive(float),
+    )
+    parser.env_flag(
+        "--call-events-maxlen",
+        "CALL_EVENTS_MAXLEN",
+        10000,
+        "a telephony call's event stream keeps about this many events",
+        type=positive(int),
+    )
+    parser.env_flag(
+        "--twilio-auth-token",
+        "TWILIO_AUTH_TOKEN",
+        "",
+        "the Twilio account's auth token: /twilio then accepts only requests with a valid X-Twilio-Signature",
+    )
+    parser.env_flag(
+        "--tls-cert",
+        "TLS_CERT",
+        "",
+        "PEM certificate (chain) file: serve wss:// and https:// (picked up again when the file changes)",
+    )
+    parser.env_flag("--tls-key", "TLS_KEY", "", "PEM private key file of --tls-cert")
     parser.env_flag("--metrics-port", "METRICS_PORT", 9100, "Prometheus /metrics port (0: off)", type=int)
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     segmenter = SegmenterConfig(
         vad_mode=args.vad_mode,
         silence_ms=args.silence_ms,
@@ -238,6 +279,9 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         web=args.web,
         partial_ms=args.partial_ms,
         eager_max_backlog=args.eager_max_backlog,
+        calls=CallConfig(args.call_events_ttl, args.call_events_maxlen, args.twilio_auth_token),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         metrics_port=args.metrics_port,
         log_level=args.log_level,
     )

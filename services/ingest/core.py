@@ -25,6 +25,7 @@ event sent with ``sent``.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from services.audio import resample_pcm16
 from services.ingest.config import IngestConfig
@@ -32,7 +33,6 @@ from services.ingest.eager import Eager
 from services.ingest.ledger import Ledger
 from services.metrics import IngestMetrics
 from services.protocol import (
-    CLOSE_TOO_BIG,
     ErrorEvent,
     Final,
     Partial,
@@ -40,7 +40,6 @@ from services.protocol import (
     SegmentJob,
     SegmentResult,
     ServerEvent,
-    check_audio_frame,
 )
 from services.segmenter import Dropped, Event, Segment, Segmenter, Tentative, VadFn
 
@@ -62,8 +61,16 @@ class SessionCore:
         metrics: IngestMetrics,
         now: float,
         vad: VadFn | None = None,  # WebRTC VAD unless given (tests give a deterministic one)
+        channel: int = 0,
+        role: str | None = None,
+        words: bool = False,
+        prompt: str = "",
     ) -> None:
         self.id = session_id
+        self.words = words  # finals time their words
+        self.prompt = prompt  # the model's vocabulary for this session (``configure`` changes it)
+        self.channel = channel
+        self.role = role
         self.model = model
         self.rate = rate
         self.partials = partials and config.partial_ms > 0
@@ -108,18 +115,10 @@ class SessionCore:
 
     # --- inputs ----------------------------------------------------------------------------------
 
-    def audio(self, frame: bytes, now: float) -> None:
-        """One binary frame from the client. Raises ProtocolError for a frame it must refuse."""
+    def audio(self, pcm: bytes, now: float) -> None:
+        """The channel's next 16-bit PCM (``services.ingest.channels`` decodes and splits frames)."""
         config = self.config
-        if len(frame) > config.max_frame_bytes:
-            raise ProtocolError(
-                "frame_too_big",
-                f"frame of {len(frame)} bytes; the limit is {config.max_frame_bytes}",
-                CLOSE_TOO_BIG,
-            )
-        check_audio_frame(frame)
-        self.metrics.bytes_received.inc(len(frame))
-        for event in self.segmenter.feed(frame):
+        for event in self.segmenter.feed(pcm):
             self._segmenter_event(event, now)
         if self.partials:
             self._request_partial(now)
@@ -130,6 +129,11 @@ class SessionCore:
                 f"sessions are limited to {config.max_session_s:g} s; reconnect to go on",
             )
             self.end_of_audio(now)
+
+    def finalize(self, now: float) -> None:
+        """The client asked for the open segment to close now; the session goes on."""
+        for event in self.segmenter.finalize():
+            self._segmenter_event(event, now)
 
     def end_of_audio(self, now: float) -> None:
         """The client said it is done (or the session reached its length limit)."""
@@ -147,7 +151,8 @@ class SessionCore:
         if token is None:
             return
         pcm = resample_pcm16(segment.pcm, self.rate)
-        self._jobs.append(SegmentJob(self.id, number, pcm, segment.start, segment.end, now, now, eager=token))
+        job = SegmentJob(self.id, number, pcm, segment.start, segment.end, now, now, eager=token)
+        self._jobs.append(self._mark(job))
         self.metrics.eager_guesses.labels(self.model, "queued").inc()
 
     def decline_guess(self) -> None:
@@ -162,7 +167,7 @@ class SessionCore:
             fresh = result.segment == self.ledger.next_number and self.segmenter.in_speech
             if fresh and result.text:
                 self.ledger.mark_partial(result.segment)
-                self._events.append(Partial(result.text, result.segment))
+                self._events.append(Partial(result.text, result.segment, self.channel, self.role))
             return
         if result.eager:
             verdict = self.eager.result(result)
@@ -174,7 +179,7 @@ class SessionCore:
 
     def expire(self, now: float) -> None:
         """Give up on segments whose results are overdue (each gets an error event)."""
-        self._events += self.ledger.expire(now)
+        self._emit(self.ledger.expire(now))
 
     def sent(self, event: ServerEvent, now: float) -> None:
         """``event`` reached the client: a final's latency, whole and in parts; an error's code."""
@@ -217,7 +222,7 @@ class SessionCore:
         guess = self.eager.close(number, event)
         if guess is None:
             pcm = resample_pcm16(event.pcm, self.rate)
-            self._jobs.append(SegmentJob(self.id, number, pcm, event.start, event.end, now, now))
+            self._jobs.append(self._mark(SegmentJob(self.id, number, pcm, event.start, event.end, now, now)))
         else:  # the guess's job holds this very audio: its transcript is this segment's final
             self.metrics.eager_guesses.labels(self.model, "confirmed").inc()
             if guess.result is not None:
@@ -243,11 +248,34 @@ class SessionCore:
             return
         self._last_partial = position
         pcm16 = resample_pcm16(pcm, self.rate)
+        number = self.ledger.next_number
         self._jobs.append(
-            SegmentJob(self.id, self.ledger.next_number, pcm16, start, position, now, now, partial=True)
+            SegmentJob(
+                self.id,
+                number,
+                pcm16,
+                start,
+                position,
+                now,
+                now,
+                True,
+                channel=self.channel,
+                prompt=self.prompt,
+            )
         )
 
     def _final(self, result: SegmentResult, now: float) -> None:
         if result.outcome == "text":
             self._timings[result.segment] = result.timings
-        self._events += self.ledger.resolve(result, now)
+        self._emit(self.ledger.resolve(result, now))
+
+    def _mark(self, job: SegmentJob) -> SegmentJob:
+        """A final's job: its channel, whether to time its words, the session's prompt."""
+        return replace(job, channel=self.channel, words=self.words, prompt=self.prompt)
+
+    def _emit(self, events: list[ServerEvent]) -> None:
+        """The ledger's events, marked with this channel (and its role)."""
+        for event in events:
+            if isinstance(event, Final | ErrorEvent):
+                event = replace(event, channel=self.channel, role=self.role)
+            self._events.append(event)

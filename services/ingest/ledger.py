@@ -7,7 +7,7 @@ its deadline into an error event so a session never hangs on a lost result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services.protocol import ErrorEvent, Final, SegmentResult, ServerEvent
 
@@ -84,7 +84,9 @@ class Ledger:
             if isinstance(result, ErrorEvent):
                 events.append(result)
             elif result.outcome == "text":
-                events.append(Final(result.text, self._head, item.start, item.end, now - item.endpoint_at))
+                latency = now - item.endpoint_at
+                final = Final(result.text, self._head, item.start, item.end, latency)
+                events.append(replace(final, words=tuple(result.words), confidence=result.confidence))
             elif result.outcome == "error":
                 events.append(ErrorEvent("transcription_failed", result.reason, self._head))
             elif self._head in self._partial:  # empty, but the partial on screen must be replaced

@@ -18,11 +18,13 @@ from websockets.typing import Origin
 
 from services import keys, metrics
 from services.catalog import requested_pool
-from services.ingest import admission, web
+from services.ingest import admission, events, telephony, web
+from services.ingest.call import Call
+from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
-from services.ingest.core import SessionCore
 from services.ingest.results import ResultRouter
-from services.ingest.session import ClientGone, Session
+from services.ingest.session import CallSession, ClientGone, Session
+from services.ingest.tls import Certificates
 from services.lifecycle import connect_redis, install_stop_signals
 from services.metrics import IngestMetrics
 from services.protocol import (
@@ -33,10 +35,15 @@ from services.protocol import (
     ErrorEvent,
     ProtocolError,
     Ready,
+    SessionParams,
+    parse_call_query,
     parse_query,
 )
 
 log = logging.getLogger("ingest")
+
+# The telephony platforms' media streams, by path (the same port as our own protocol).
+CALL_PATHS: dict[str, telephony.Platform] = {f"/{platform}": platform for platform in telephony.PLATFORMS}
 
 
 class Ingest:
@@ -46,6 +53,9 @@ class Ingest:
         self.config = config
         self.metrics = metrics
         self.redis = client
+        # Readers of calls' events block in XREAD, each on a connection of its own: not the pool
+        # the sessions share.
+        self.readers = redis.Redis.from_url(config.redis_url)
         self.router = router
         self.sessions = 0
         self.idle = asyncio.Event()
@@ -76,6 +86,7 @@ class Ingest:
     async def http(self, ws: ServerConnection, request: Request) -> Response | None:
         """Plain HTTP requests (health check, web page) and the admission of WebSocket
         handshakes. None lets a handshake go on."""
+        url = urlsplit(request.path)
         if request.path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
@@ -86,12 +97,19 @@ class Ingest:
             log.warning("refused %s: missing or wrong API key", ws.remote_address)
             self.metrics.sessions_refused.labels("unauthorized").inc()
             return admission.unauthorized(ws)
+        twilio_token = self.config.calls.twilio_auth_token
+        if url.path == "/twilio" and twilio_token and not admission.twilio_signed(request, twilio_token):
+            log.warning("refused %s: no valid X-Twilio-Signature", ws.remote_address)
+            self.metrics.sessions_refused.labels("unauthorized").inc()
+            return admission.forbidden(ws, "missing or wrong X-Twilio-Signature")
         if self.sessions >= self.config.max_sessions:
             log.warning("refused %s: %d sessions already", ws.remote_address, self.sessions)
             self.metrics.sessions_refused.labels("capacity").inc()
             return admission.busy(ws, f"server full ({self.sessions} sessions)")
+        if events.call_of(url.path) is not None:
+            return None  # a reader of a call's events: no model, no backlog
         try:
-            params = parse_query(urlsplit(request.path).query)
+            params = parse_call_query(url.query) if url.path in CALL_PATHS else parse_query(url.query)
         except ProtocolError:
             return None  # the session reports it with an error event
         name = requested_pool(params.model) if params.model else self.config.default_model
@@ -107,8 +125,9 @@ class Ingest:
             return admission.busy(ws, f"{backlog} segments are waiting for model {name}")
         return None
 
-    async def refuse(self, ws: ServerConnection, error: ProtocolError) -> None:
-        """Tell the client why, then close with the error's close code.
+    async def refuse(self, ws: ServerConnection, error: ProtocolError, event: bool = True) -> None:
+        """Tell the client why (an error event, unless it is a telephony platform, which reads
+        none), then close with the error's close code and reason.
 
         Frames the client keeps sending are read and discarded meanwhile: unread, they
         would hold its close frame back and stall the closing handshake.
@@ -117,9 +136,10 @@ class Ingest:
         self.metrics.errors.labels(error.code).inc()
         discard = asyncio.create_task(discard_incoming(ws))
         try:
-            event = ErrorEvent(error.code, error.message).to_json()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ws.send(event), self.config.send_timeout)
+            if event:
+                message = ErrorEvent(error.code, error.message).to_json()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ws.send(message), self.config.send_timeout)
             await ws.close(error.close_code, error.message[:120])
         except ConnectionClosed:
             pass
@@ -131,45 +151,97 @@ class Ingest:
         self.sessions += 1
         self.metrics.sessions_active.inc()
         self.idle.clear()
+        assert ws.request is not None
+        url = urlsplit(ws.request.path)
         try:
-            assert ws.request is not None
-            params = parse_query(urlsplit(ws.request.path).query)
-            model = await self.resolve_model(params.model)
-            async with self.router.subscription(session_id) as results:
-                partials = params.partials and self.config.partial_ms > 0
-                await ws.send(Ready(session_id, model, params.sample_rate, partials).to_json())
-                log.info(
-                    "session %s open from %s: model %s, %d Hz",
-                    session_id,
-                    ws.remote_address,
-                    model,
-                    params.sample_rate,
+            call = events.call_of(url.path)
+            if call is not None:
+                await events.follow(
+                    ws, self.readers, call, events.start_after(url.query), self.config.idle_timeout
                 )
-                self.metrics.sessions_opened.labels(model).inc()
-                core = SessionCore(
-                    session_id, model, params.sample_rate, partials, self.config, self.metrics, time.time()
-                )
-                await Session(ws, core, self.config, self.redis, results).run()
+            elif url.path in CALL_PATHS:
+                await self.handle_call(ws, session_id, CALL_PATHS[url.path], parse_call_query(url.query))
+            else:
+                await self.handle_session(ws, session_id, parse_query(url.query))
         except* ProtocolError as group:
             error = group.exceptions[0]
             assert isinstance(error, ProtocolError)
             log.info("session %s refused: %s (%s)", session_id, error.code, error.message)
-            await self.refuse(ws, error)
+            await self.refuse(ws, error, event=url.path not in CALL_PATHS)
         except* (ConnectionClosed, ClientGone):
             log.info("session %s: client went away", session_id)
         except* redis.RedisError as group:
             log.error("session %s: Redis failed: %s", session_id, group.exceptions[0])
-            await self.refuse(
-                ws, ProtocolError("backend_unavailable", "the queue is unavailable", CLOSE_TRY_AGAIN)
-            )
+            error = ProtocolError("backend_unavailable", "the queue is unavailable", CLOSE_TRY_AGAIN)
+            await self.refuse(ws, error, event=url.path not in CALL_PATHS)
         except* Exception:
             log.exception("session %s failed", session_id)
-            await self.refuse(ws, ProtocolError("internal_error", "internal server error", CLOSE_INTERNAL))
+            error = ProtocolError("internal_error", "internal server error", CLOSE_INTERNAL)
+            await self.refuse(ws, error, event=url.path not in CALL_PATHS)
         finally:
             self.sessions -= 1
             self.metrics.sessions_active.dec()
             if not self.sessions:
                 self.idle.set()
+
+    async def handle_session(self, ws: ServerConnection, session_id: str, params: SessionParams) -> None:
+        """Our own protocol: audio frames in, events back on the same socket."""
+        model = await self.resolve_model(params.model)
+        async with self.router.subscription(session_id) as results:
+            partials = params.partials and self.config.partial_ms > 0
+            layout = (params.encoding, params.channels, params.roles, params.words)
+            ready = Ready(session_id, model, params.sample_rate, partials, *layout)
+            await ws.send(ready.to_json())
+            log.info(
+                "session %s open from %s: model %s, %d Hz, %s, %d channel(s)",
+                session_id,
+                ws.remote_address,
+                model,
+                params.sample_rate,
+                params.encoding,
+                params.channels,
+            )
+            self.metrics.sessions_opened.labels(model).inc()
+            channels = Channels(session_id, model, params, self.config, self.metrics, time.time())
+            await Session(ws, channels, self.config, self.redis, results).run()
+
+    async def handle_call(
+        self, ws: ServerConnection, session_id: str, platform: telephony.Platform, params: SessionParams
+    ) -> None:
+        """A telephony platform's media stream: its events go to the call's event stream."""
+        model = await self.resolve_model(params.model)
+        try:
+            async with asyncio.timeout(self.config.idle_timeout):
+                start = await read_start(ws, platform)
+        except TimeoutError:
+            raise ProtocolError("idle_timeout", f"no start within {self.config.idle_timeout:g} s") from None
+        async with self.router.subscription(session_id) as results:
+            log.info(
+                "session %s: %s call %s, tracks %s, %s at %d Hz, model %s",
+                session_id,
+                platform,
+                start.call,
+                ",".join(start.tracks),
+                start.encoding,
+                start.sample_rate,
+                model,
+            )
+            self.metrics.sessions_opened.labels(model).inc()
+            call = Call(start, session_id, model, params, self.config, self.metrics, time.time())
+            await CallSession(ws, call, self.config, self.redis, results).run()
+
+
+async def read_start(ws: ServerConnection, platform: telephony.Platform) -> telephony.Start:
+    """The platform's frames up to its ``start`` (a ``connected`` may come first)."""
+    while True:
+        message = await ws.recv()
+        if isinstance(message, bytes):
+            raise ProtocolError("bad_message", "telephony streams send JSON text frames, not binary ones")
+        parsed = telephony.parse(platform, message)
+        if isinstance(parsed, telephony.Start):
+            return parsed
+        if not isinstance(parsed, telephony.Connected):
+            raise ProtocolError("bad_message", f"{type(parsed).__name__.lower()} before start")
 
 
 async def discard_incoming(ws: ServerConnection) -> None:
@@ -213,10 +285,12 @@ async def run(config: IngestConfig) -> None:
     router = ResultRouter(config.redis_url, ingest_id)
     registry = metrics.new_registry()
     ingest = Ingest(config, client, router, metrics.IngestMetrics(registry))
+    certificates = Certificates(config.tls_cert, config.tls_key) if config.tls_cert else None
     metrics.serve(registry, config.metrics_port)
     try:
         async with asyncio.TaskGroup() as tasks:
             routing = tasks.create_task(router.run())
+            renewals = tasks.create_task(certificates.watch()) if certificates else None
             # Listen only once results can be received: a session opened earlier would be refused.
             await wait_first(router.connected, stop)
             async with serve(
@@ -231,13 +305,18 @@ async def run(config: IngestConfig) -> None:
                 ping_interval=config.ping_interval,
                 ping_timeout=config.ping_timeout,
                 compression=None,
+                ssl=certificates.context if certificates else None,
             ) as server:
                 for sock in server.sockets:
                     host, port = sock.getsockname()[:2]
-                    log.info("ingest %s listening on ws://%s:%d", ingest_id, host, port)
+                    scheme = "wss" if certificates else "ws"
+                    log.info("ingest %s listening on %s://%s:%d", ingest_id, scheme, host, port)
                 await stop.wait()
                 await drain(server, ingest, config.drain_timeout)
             routing.cancel()
+            if renewals is not None:
+                renewals.cancel()
     finally:
         await client.aclose()
+        await ingest.readers.aclose()
     log.info("ingest %s stopped", ingest_id)

@@ -1,4 +1,5 @@
-"""One client's session: the I/O around its sans-I/O core (``services.ingest.core``).
+"""One client's session: the I/O around its sans-I/O core (``services.ingest.channels``, a
+``services.ingest.core`` per audio channel).
 
 Two owned tasks per session: ``_receive`` reads frames into the core and queues the jobs it
 makes on Redis; ``_relay`` feeds results to the core and sends its events, and ends the session
@@ -16,19 +17,27 @@ from typing import Any, NoReturn
 
 import redis.asyncio as redis
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosedOK
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from services import keys
+from services.ingest import telephony
+from services.ingest.call import Call, record
+from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
-from services.ingest.core import SessionCore
 from services.ingest.results import LOST, WAKE
+from services.lifecycle import honour_cancellation
 from services.protocol import (
     CLOSE_TRY_AGAIN,
+    Configure,
     Done,
+    Eof,
+    ErrorEvent,
+    Finalize,
     ProtocolError,
     SegmentJob,
     SegmentResult,
     ServerEvent,
+    check_frame_size,
     parse_text,
 )
 
@@ -46,19 +55,19 @@ class Session:
     def __init__(
         self,
         ws: ServerConnection,
-        core: SessionCore,
+        core: Channels,
         config: IngestConfig,
         client: redis.Redis,
         results: asyncio.Queue[bytes],
     ) -> None:
         self.ws = ws
         self.core = core
-        self.id = core.id
+        self.id = core.cores[0].id
         self.config = config
         self.redis = client
         self.results = results
-        self.stream = keys.segment_stream(core.model)
-        self.partials_stream = keys.partials_stream(core.model)
+        self.stream = keys.segment_stream(core.cores[0].model)
+        self.partials_stream = keys.partials_stream(core.cores[0].model)
 
     async def run(self) -> None:
         """Until ``done`` is sent; raises ClientGone or ProtocolError if the session ends early."""
@@ -93,24 +102,51 @@ class Session:
             idle.reschedule(loop.time() + self.config.idle_timeout)
             try:
                 message = await self.ws.recv()
-            except ConnectionClosedOK:
-                raise ClientGone() from None
-            if isinstance(message, str):
-                parse_text(message)  # the only client message is end of audio
-                core.end_of_audio(time.time())
+            except ConnectionClosed as closed:
+                self._closed(closed)
             else:
-                core.audio(message, time.time())
-                if core.tentative is not None:
-                    if await self.redis.xlen(self.stream) > self.config.eager_max_backlog:
-                        core.decline_guess()
-                    else:
-                        core.guess(time.time())
+                self._take(message, time.time())
+            await self._offer_guesses()
             await self._queue(core.jobs_to_queue())
             if core.eof or core.has_events:
                 await self.results.put(WAKE)  # the relay sends what the core made here
             if core.eof:
                 idle.reschedule(None)
-                await self._watch_after_eof()
+                await self._after_eof()
+
+    def _take(self, message: str | bytes, now: float) -> None:
+        """One frame of our protocol: audio, or a control message."""
+        if isinstance(message, bytes):
+            self.core.audio(message, now)
+            return
+        control = parse_text(message)  # a keepalive did its work: the idle timer restarted
+        if isinstance(control, Eof):
+            self.core.end_of_audio(now)
+        elif isinstance(control, Finalize):
+            self.core.finalize(now)
+        elif isinstance(control, Configure):
+            self.core.configure(control.prompt)
+
+    def _closed(self, closed: ConnectionClosed) -> None:
+        """The client closed the connection before end of audio: its results are not wanted."""
+        if isinstance(closed, ConnectionClosedOK):
+            raise ClientGone()
+        raise closed
+
+    async def _after_eof(self) -> NoReturn:
+        await self._watch_after_eof()
+
+    async def _offer_guesses(self) -> None:
+        """Queue each channel's eager guess, if the pool has time to spare for it."""
+        for channel in self.core.cores:
+            if channel.tentative is None:
+                continue
+            backlog = await self.redis.xlen(self.stream)
+            honour_cancellation()
+            if backlog > self.config.eager_max_backlog:
+                channel.decline_guess()
+            else:
+                channel.guess(time.time())
 
     async def _queue(self, jobs: list[SegmentJob]) -> None:
         for job in jobs:
@@ -119,6 +155,7 @@ class Session:
                 await self.redis.xadd(self.partials_stream, fields, maxlen=PARTIALS_MAXLEN, approximate=True)
             else:
                 await self.redis.xadd(self.stream, fields, maxlen=self.config.stream_maxlen, approximate=True)
+            honour_cancellation()
 
     async def _relay(self) -> None:
         core = self.core
@@ -166,3 +203,66 @@ class Session:
         except TimeoutError:
             raise ProtocolError("slow_client", "the client does not read its results") from None
         self.core.sent(event, time.time())
+
+
+class CallSession(Session):
+    """A telephony call: the platform's JSON frames in (``services.ingest.call``), the call's
+    events out to its event stream in Redis (``keys.call_events``), never to the platform.
+
+    A call is not a client that may leave: when the platform closes the socket (a hang-up, or
+    Plivo's end of every stream) what was said is still transcribed and recorded, then ``done``.
+    """
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        call: Call,
+        config: IngestConfig,
+        client: redis.Redis,
+        results: asyncio.Queue[bytes],
+    ) -> None:
+        super().__init__(ws, call.channels, config, client, results)
+        self.call = call
+        self.events = keys.call_events(call.start.call)
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except* ProtocolError as group:  # the call's stream says why its transcription ended
+            error = group.exceptions[0]
+            assert isinstance(error, ProtocolError)
+            with contextlib.suppress(redis.RedisError):
+                await self.record(ErrorEvent(error.code, error.message))
+                await self.record(Done())
+            raise
+
+    def _take(self, message: str | bytes, now: float) -> None:
+        if isinstance(message, bytes):
+            raise ProtocolError("bad_message", "telephony streams send JSON text frames, not binary ones")
+        check_frame_size(len(message), self.config.max_frame_bytes)
+        self.call.message(telephony.parse(self.call.start.platform, message), now)
+
+    def _closed(self, closed: ConnectionClosed) -> None:
+        self.call.hang_up(time.time(), "hangup")
+
+    async def _after_eof(self) -> NoReturn:
+        # Whether the platform keeps the socket open after stop or closes it, the relay goes on
+        # until every transcript is recorded, then ends the session (and this task).
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in self.ws:
+                pass
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def _send(self, event: ServerEvent) -> None:
+        await self.record(event)
+        self.core.sent(event, time.time())
+
+    async def record(self, event: ServerEvent) -> None:
+        """Append ``event`` to the call's event stream, bounded, and keep the stream alive for its TTL."""
+        calls = self.config.calls
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.events, {"event": record(event)}, maxlen=calls.events_maxlen, approximate=True)
+            pipe.expire(self.events, round(calls.events_ttl))
+            await pipe.execute()
+        honour_cancellation()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from services.audio import pcm16_to_float
 from services.metrics import TranscriberMetrics
 from services.protocol import Outcome, SegmentJob, SegmentResult
 from services.transcriber.guard import judge
-from services.transcriber.interface import SpeechModel
+from services.transcriber.interface import SpeechModel, Transcript
 
 log = logging.getLogger("transcriber.batch")
 
@@ -47,7 +48,9 @@ def transcribe(
 
 def _run(model: SpeechModel, entries: list[Entry], metrics: TranscriberMetrics) -> dict[bytes, SegmentResult]:
     started = time.time()
-    transcripts = model.transcribe([pcm16_to_float(entry.job.pcm) for entry in entries])
+    clips = [pcm16_to_float(entry.job.pcm) for entry in entries]
+    jobs = [entry.job for entry in entries]
+    transcripts = model.transcribe(clips, [job.words for job in jobs], [job.prompt for job in jobs])
     finished = time.time()
     audio = sum(entry.job.duration for entry in entries)
     name = metrics.model
@@ -78,6 +81,9 @@ def _run(model: SpeechModel, entries: list[Entry], metrics: TranscriberMetrics) 
             timings,
             partial=job.partial,
             eager=job.eager,
+            channel=job.channel,
+            words=[word.shifted(job.start) for word in transcript.words] if verdict.text else [],
+            confidence=confidence(transcript) if verdict.text else None,
         )
         metrics.segments.labels(name, "partial" if job.partial else outcome).inc()
         log.info(
@@ -93,3 +99,10 @@ def _run(model: SpeechModel, entries: list[Entry], metrics: TranscriberMetrics) 
             f" dropped ({verdict.reason})" if verdict.reason else "",
         )
     return results
+
+
+def confidence(transcript: Transcript) -> float | None:
+    """A segment's confidence: the mean of its words' (when they were timed)."""
+    if not transcript.words:
+        return None
+    return round(math.fsum(word.probability for word in transcript.words) / len(transcript.words), 3)

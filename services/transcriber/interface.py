@@ -15,6 +15,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from services.transcriber.words import Word
+
 log = logging.getLogger("transcriber.model")
 
 # Fast speech runs at ~4 words/s, under 2 tokens a word: 10 tokens/s leaves room
@@ -48,11 +50,19 @@ class ModelLoadError(Exception):
 class Transcript:
     text: str
     no_speech_prob: float
+    words: tuple[Word, ...] = ()  # with times from the clip's start, when the backend aligns
 
 
 class SpeechModel(Protocol):
-    def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
-        """Transcribe 16 kHz float32 mono clips, each under 30 s."""
+    def transcribe(
+        self,
+        batch: Sequence[NDArray[np.float32]],
+        words: Sequence[bool] = (),
+        prompts: Sequence[str] = (),
+    ) -> list[Transcript]:
+        """Transcribe 16 kHz float32 mono clips, each under 30 s; ``words[i]``: time clip i's
+        words too; ``prompts[i]``: words to expect in clip i (Whisper's initial prompt). A
+        backend that cannot leaves the words empty and the prompts unused."""
         ...
 
 

@@ -77,7 +77,12 @@ class WhisperModel:
         return BaseModelOutput(last_hidden_state=encoder.layer_norm(hidden))
 
     @torch.inference_mode()
-    def transcribe(self, batch: Sequence[NDArray[np.float32]]) -> list[Transcript]:
+    def transcribe(
+        self,
+        batch: Sequence[NDArray[np.float32]],
+        words: Sequence[bool] = (),
+        prompts: Sequence[str] = (),
+    ) -> list[Transcript]:
         if not batch:
             return []
         # The log-mel STFT runs in torch on the model's device: on a GPU nothing of the hot path

@@ -1,0 +1,157 @@
+"""TLS on the ingest's port, with self-signed certificates made here by openssl: a session from the
+file client (wss:// with --ca-file), a telephony stream, the page over https:// in Chromium, and a
+certificate renewed under a running ingest."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from websockets.sync.client import connect
+
+from services.stack import POOL, Proc, Stack, start_ingest, wait_until
+from tests.helpers import finals, run_client
+from tests.platforms import call_frames, encode, fixture
+from tests.test_web import mic_browser, playwright, wait_on_page  # noqa: F401 - fixtures used here
+from tools.speech import Speech, wer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+
+def make_certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", str(key),
+         "-out", str(cert), "-subj", f"/CN={name}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_ingest(
+    base_stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path, Path]]:
+    """An ingest serving wss:// and https:// from cert files it watches; (its URI, cert, key)."""
+    folder = tmp_path_factory.mktemp("tls")
+    first, first_key = make_certificate(folder / "made", "first")
+    cert, key = folder / "serving.pem", folder / "serving.key"
+    shutil.copy(first, cert)
+    shutil.copy(first_key, key)
+    uri, ingest = start_ingest(
+        base_stack.redis_url, POOL, "--tls-cert", str(cert), "--tls-key", str(key), logs=folder
+    )
+    yield uri, cert, key
+    ingest.stop()
+
+
+def test_a_session_over_wss_with_the_servers_certificate_trusted(
+    tls_ingest: tuple[str, Path, Path], speech: Speech
+) -> None:
+    uri, cert, _ = tls_ingest
+    assert uri.startswith("wss://")
+    stream = speech.stream(16000, (1,))
+    code, events, stderr = run_client(uri, stream.path, "--fast", "--ca-file", str(cert))
+    assert code == 0, stderr
+    assert wer(stream.texts[0], " ".join(f["text"] for f in finals(events))) < 0.3
+    code, _, stderr = run_client(uri, stream.path, "--fast")  # the system's CAs do not know it
+    assert code == 1 and "cannot verify" in stderr and "--ca-file" in stderr
+
+
+def test_a_telephony_stream_over_wss(tls_ingest: tuple[str, Path, Path], speech: Speech) -> None:
+    uri, cert, _ = tls_ingest
+    trust = ssl.create_default_context(cafile=str(cert))
+    stream = speech.stream(8000, (3,))
+    call = f"CA{uuid.uuid4().hex}"
+    start = fixture("twilio")["start"]
+    start["start"]["callSid"] = call
+    frames = call_frames("twilio", {"inbound": encode(stream.path, "mulaw", 8000)}, 160, start=start)
+    with connect(f"{uri}/twilio", ssl=trust, open_timeout=10) as ws:
+        for frame in frames:
+            ws.send(frame)
+    events: list[str] = []
+    with connect(f"{uri}/calls/{call}/events", ssl=trust, open_timeout=10) as ws:
+        for message in ws:
+            events.append(str(message))
+    assert '"type":"done"' in events[-1]
+    text = " ".join(e for e in events if '"type":"final"' in e)
+    assert "address" in text
+
+
+def test_the_page_over_https(tls_ingest: tuple[str, Path, Path], mic_browser: Browser) -> None:  # noqa: F811
+    uri, _, _ = tls_ingest
+    context = mic_browser.new_context(ignore_https_errors=True)  # a self-signed certificate
+    page = context.new_page()
+    try:
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.goto(uri.replace("wss://", "https://", 1) + "/")
+        page.click("#start")
+        finals = page.locator("#transcript li[data-testid=final] .text")
+        wait_on_page(
+            page, lambda: any("breakfast" in t.lower() for t in finals.all_inner_texts()), 60, "a final"
+        )
+        assert sockets and sockets[0].startswith("wss://"), sockets  # the page follows its origin
+    finally:
+        context.close()
+
+
+def served_certificate(uri: str) -> str:
+    """The subject the ingest presents now to a new connection."""
+    host, port = uri.removeprefix("wss://").split(":")
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{host}:{port}", "-servername", "localhost"],
+        input=b"", capture_output=True, timeout=20,
+    )  # fmt: skip
+    subject = next(line for line in done.stdout.decode().splitlines() if line.startswith("subject="))
+    return subject
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tls_ingest: tuple[str, Path, Path]) -> None:
+    uri, cert, key = tls_ingest
+    assert "CN = first" in served_certificate(uri) or "CN=first" in served_certificate(uri)
+    trust_first = ssl.create_default_context(cafile=str(cert))
+    with connect(f"{uri}/?sample_rate=16000", ssl=trust_first, open_timeout=10) as open_before:
+        assert '"ready"' in str(open_before.recv(timeout=10))
+        renewed, renewed_key = make_certificate(cert.parent / "made", "second")
+        shutil.copy(renewed_key, key)
+        shutil.copy(renewed, cert)
+        wait_until(lambda: "second" in served_certificate(uri), 20, "the renewed certificate")
+        open_before.send(b"\0\0" * 160)  # the session opened before goes on
+        open_before.send("EOF")
+        assert '"done"' in str(open_before.recv(timeout=30))
+    with connect(
+        f"{uri}/?sample_rate=16000", ssl=ssl.create_default_context(cafile=str(renewed)), open_timeout=10
+    ) as ws:
+        assert '"ready"' in str(ws.recv(timeout=10))
+
+
+def test_mismatched_or_missing_tls_files_stop_the_ingest_at_start(tmp_path: Path, base_stack: Stack) -> None:
+    cert, _ = make_certificate(tmp_path, "one")
+    _, other_key = make_certificate(tmp_path, "two")
+    base = [
+        ".venv/bin/python",
+        "-m",
+        "services.ingest",
+        "--redis-url",
+        base_stack.redis_url,
+        "--metrics-port",
+        "0",
+    ]
+    for flags, says in [
+        (["--tls-cert", str(cert)], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", str(cert), "--tls-key", str(other_key)], "cannot load --tls-cert"),
+    ]:
+        proc = Proc("ingest", [*base, "--port", "0", *flags], tmp_path / f"ingest-{time.time_ns()}.log")
+        assert proc.popen.wait(30) != 0
+        assert says in proc.log

@@ -1,0 +1,118 @@
+"""Word timings and confidence: the grouping and snapping in-process, their accuracy against
+ground truth built here (espeak-ng words joined with known pauses) on the real whisper-base in
+CTranslate2, and end to end: a session and a telephony call that ask for them."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.stack import CT2_DIR, Stack
+from services.transcriber.ct2_model import CTranslate2Model
+from services.transcriber.interface import DEFAULT_CONTEXT_S, Decoding
+from services.transcriber.words import Word, snap_to_speech, split_words, timed_words
+from tests.helpers import finals, run_client
+from tests.platforms import call_frames, encode, fixture
+from tests.test_calls import read_events, send_call
+from tools.speech import SENTENCES, Speech, spoken_apart
+
+TOLERANCE_S = 0.15
+
+
+def test_tokens_become_whole_words_with_their_punctuation() -> None:
+    pieces = {1: " Hel", 2: "lo", 3: ",", 4: " world", 5: ".", 6: ' "', 7: "quote", 8: '"'}
+    # A Devanagari letter over two tokens: neither decodes alone.
+    utf8 = {9: " न".encode()[:2], 10: " न".encode()[2:], 11: "मस्ते".encode()}
+
+    def decode(ids: list[int]) -> str:
+        raw = b"".join(utf8[i] if i in utf8 else pieces[i].encode() for i in ids)
+        return raw.decode("utf-8", errors="replace")
+
+    words = split_words(decode, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    assert words == [("Hello,", [1, 2, 3]), ("world.", [4, 5]), ('"quote"', [6, 7, 8]), ("नमस्ते", [9, 10, 11])]
+
+
+def test_each_word_gets_its_first_tokens_step_and_the_next_words_as_its_end() -> None:
+    words = [("one", [1]), ("two", [2, 3])]
+    one, two = timed_words(words, [10, 50, 60, 90], [0.9, 0.8, 0.6], duration=2.0)
+    assert one == Word("one", 0.2, 1.0, 0.9)
+    assert (two.word, two.start, two.end) == ("two", 1.0, 1.8) and abs(two.probability - 0.7) < 1e-9
+
+
+def test_boundaries_move_onto_the_pauses_but_not_inside_connected_speech() -> None:
+    rate = 16000
+    tone = np.sin(2 * np.pi * 220 * np.arange(int(0.4 * rate)) / rate).astype(np.float32) * 0.5
+    gap = np.zeros(int(0.3 * rate), np.float32)
+    clip = np.concatenate([gap, tone, gap, tone, tone])  # words at 0.3-0.7, 1.0-1.4 and 1.4-1.8
+    aligned = [Word("a", 0.1, 0.8, 1), Word("b", 0.8, 1.35, 1), Word("c", 1.35, 1.8, 1)]
+    snapped = [(round(w.start, 3), round(w.end, 3)) for w in snap_to_speech(aligned, clip, rate)]
+    # No pause between b and c: c's start stays where the alignment put it.
+    assert snapped == [(0.3, 0.7), (1.0, 1.35), (1.35, 1.8)]
+
+
+@pytest.fixture(scope="module")
+def ct2_model() -> CTranslate2Model:
+    assert (CT2_DIR / "model.bin").is_file(), "run `make offline-model` first (make test does)"
+    return CTranslate2Model.load(
+        str(CT2_DIR), "cpu", "int8", Decoding(context_s=DEFAULT_CONTEXT_S), threads=1
+    )
+
+
+def test_word_times_are_within_0_15_s_of_the_truth_for_nine_words_in_ten(
+    ct2_model: CTranslate2Model, tmp_path: Path
+) -> None:
+    errors = []
+    for n, sentence in enumerate(SENTENCES[:5]):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        clip, truth = spoken_apart(sentence, folder)
+        (transcript,) = ct2_model.transcribe([clip], [True])
+        assert len(transcript.words) == len(truth), (transcript.text, transcript.words)
+        for (said, start, end), word in zip(truth, transcript.words, strict=True):
+            assert said in word.word.lower()
+            assert 0 < word.probability <= 1
+            errors += [abs(word.start - start), abs(word.end - end)]
+    within = float(np.mean(np.array(errors) <= TOLERANCE_S))
+    median = float(np.median(errors))
+    print(
+        f"word boundaries within {TOLERANCE_S} s: {within:.0%} of {len(errors)}, median error {median:.3f} s"
+    )
+    assert within >= 0.9
+    (plain,) = ct2_model.transcribe([clip])  # not asked: no alignment pass
+    assert plain.words == ()
+
+
+def test_a_session_that_asks_gets_each_finals_words_in_stream_seconds(
+    ct2_stack: Stack, speech: Speech
+) -> None:
+    stream = speech.stream(16000, (1, 3))
+    code, events, stderr = run_client(ct2_stack.uri, stream.path, "--fast", "--words")
+    assert code == 0, stderr
+    assert events[0]["words"] is True
+    for final in finals(events):
+        assert 0 < final["confidence"] <= 1
+        texts = [w["word"] for w in final["words"]]
+        assert " ".join(texts) == final["text"]
+        for word in final["words"]:
+            assert final["start"] - 0.01 <= word["start"] <= word["end"] <= final["end"] + 0.01
+    utterances = [w for f in finals(events) for w in f["words"]]
+    first, last = stream.utterances[0][0], stream.utterances[-1][1]
+    assert abs(utterances[0]["start"] - first) < TOLERANCE_S and abs(utterances[-1]["end"] - last) < 0.3
+    code, events, stderr = run_client(ct2_stack.uri, stream.path, "--fast")
+    assert code == 0 and all("words" not in f for f in finals(events))
+
+
+def test_a_call_that_asks_gets_each_tracks_words(ct2_stack: Stack, speech: Speech) -> None:
+    call = f"CA{uuid.uuid4().hex}"
+    start = fixture("twilio")["start"]
+    start["start"]["callSid"] = call
+    stream = speech.stream(8000, (3,))
+    frames = call_frames("twilio", {"inbound": encode(stream.path, "mulaw", 8000)}, 160, start=start)
+    assert send_call(f"{ct2_stack.uri}/twilio?words=1", frames)[0] == 1000
+    events, _ = read_events(f"{ct2_stack.uri}/calls/{call}/events")
+    (final,) = [e for e in events if e["type"] == "final"]
+    assert final["track"] == "inbound" and final["words"] and final["words"][0]["word"]
+    assert all(w["start"] <= w["end"] for w in final["words"])
