@@ -4,6 +4,7 @@ certificate renewed under a running ingest."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
@@ -11,14 +12,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from websockets.sync.client import connect
 
-from services.stack import POOL, Proc, Stack, start_ingest, wait_until
+from services.stack import CT2_DIR, POOL, Proc, Stack, start_ingest, wait_until
 from tests.helpers import finals, run_client
-from tests.platforms import call_frames, encode, fixture
+from tests.platforms import call_frames, encode
+from tests.test_calls import texts_by_track, two_speakers, with_call_id
 from tests.test_web import mic_browser, playwright, wait_on_page  # noqa: F401 - fixtures used here
 from tools.speech import Speech, wer
 
@@ -68,24 +70,39 @@ def test_a_session_over_wss_with_the_servers_certificate_trusted(
     assert code == 1 and "cannot verify" in stderr and "--ca-file" in stderr
 
 
-def test_a_telephony_stream_over_wss(tls_ingest: tuple[str, Path, Path], speech: Speech) -> None:
-    uri, cert, _ = tls_ingest
+def test_a_two_track_twilio_call_over_wss_gives_each_tracks_timed_words(
+    tls_ingest: tuple[str, Path, Path], ct2_stack: Stack, speech: Speech, tmp_path: Path
+) -> None:
+    """The whole way a contact centre would run it: Twilio's messages over wss://, 8 kHz mu-law
+    from a real encoder, two voices on two tracks, word timings asked for in the stream URL, every
+    track's words read back live from /calls/<id>/events over wss:// (CTranslate2 times words)."""
+    _, cert, key = tls_ingest
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    uri, ingest = start_ingest(ct2_stack.redis_url, CT2_DIR.name, *tls, logs=tmp_path)
     trust = ssl.create_default_context(cafile=str(cert))
-    stream = speech.stream(8000, (3,))
-    call = f"CA{uuid.uuid4().hex}"
-    start = fixture("twilio")["start"]
-    start["start"]["callSid"] = call
-    frames = call_frames("twilio", {"inbound": encode(stream.path, "mulaw", 8000)}, 160, start=start)
-    with connect(f"{uri}/twilio", ssl=trust, open_timeout=10) as ws:
-        for frame in frames:
-            ws.send(frame)
-    events: list[str] = []
-    with connect(f"{uri}/calls/{call}/events", ssl=trust, open_timeout=10) as ws:
-        for message in ws:
-            events.append(str(message))
-    assert '"type":"done"' in events[-1]
-    text = " ".join(e for e in events if '"type":"final"' in e)
-    assert "address" in text
+    try:
+        outbound, inbound, said_by_agent, said_by_customer = two_speakers(speech, tmp_path)
+        call = f"CA{uuid.uuid4().hex}"
+        tracks = {"inbound": encode(inbound, "mulaw", 8000), "outbound": encode(outbound, "mulaw", 8000)}
+        frames = call_frames("twilio", tracks, 160, start=with_call_id("twilio", call))
+        with connect(f"{uri}/twilio?words=1", ssl=trust, open_timeout=10) as ws:
+            for frame in frames:
+                ws.send(frame)
+        events: list[dict[str, Any]] = []
+        with connect(f"{uri}/calls/{call}/events", ssl=trust, open_timeout=10) as ws:
+            events += [json.loads(message) for message in ws]
+    finally:
+        ingest.stop()
+    assert events[0]["type"] == "start" and events[-1]["type"] == "done"
+    by_track = texts_by_track(events)
+    wer_in, wer_out = wer(said_by_customer, by_track["inbound"]), wer(said_by_agent, by_track["outbound"])
+    print(f"over wss://, WER inbound (customer) {wer_in:.3f}, outbound (agent) {wer_out:.3f}")
+    assert wer_in < 0.3 and wer_out < 0.3, by_track
+    for final in (e for e in events if e["type"] == "final"):
+        assert final["track"] in ("inbound", "outbound") and final["words"], final
+        for word in final["words"]:
+            assert final["start"] - 0.01 <= word["start"] <= word["end"] <= final["end"] + 0.01
+            assert 0 < word["confidence"] <= 1
 
 
 def test_the_page_over_https(tls_ingest: tuple[str, Path, Path], mic_browser: Browser) -> None:  # noqa: F811

@@ -224,7 +224,7 @@ class CTranslate2Model:
         """Each clip's words with their times (none for a clip without ``texts``): CTranslate2's
         ``align`` (dynamic time warping over the alignment heads' cross-attention), one more
         decoder pass over the tokens chosen. It adds about 75 % to the model time of a segment
-        (0.21 -> 0.37 s for espeak sentences of 4.5 s on one CPU thread): sessions ask for it."""
+        (mean 0.20 -> 0.35 s a segment of the espeak sentences on one CPU thread: bench/words.py): sessions ask for it."""
         out: list[list[Word]] = [[] for _ in batch]
         spoken = [n for n, ids in enumerate(texts) if ids]
         if not spoken:
