@@ -111,6 +111,12 @@ class IngestMetrics:
             registry=registry,
         )
         self.errors = Counter("stt_errors_total", "Error events sent to clients", ["kind"], registry=registry)
+        self.webhook_deliveries = Counter(
+            "stt_webhook_deliveries_total",
+            "Telephony finals POSTed to --webhook-url: delivered, failed (after retries), dropped (full)",
+            ["outcome"],
+            registry=registry,
+        )
         self.bytes_received = Counter(
             "stt_audio_received_bytes_total", "PCM bytes received from clients", registry=registry
         )
@@ -122,6 +128,8 @@ class IngestMetrics:
             self.sessions_refused.labels(reason)
         for reason in ("too_short", "noise"):
             self.segments_dropped.labels(reason)
+        for outcome in ("delivered", "failed", "dropped"):
+            self.webhook_deliveries.labels(outcome)
 
 
 class TranscriberMetrics:

@@ -10,6 +10,7 @@ import hmac
 import json
 import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import soundfile as sf
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from services.stack import POOL, Stack, start_ingest
+from services.stack import POOL, Stack, counter, free_port, start_ingest, wait_until
 from tests.platforms import call_frames, encode, fixture
 from tools.speech import Speech, wer
 
@@ -241,3 +242,61 @@ def test_a_reader_of_a_call_that_never_starts_is_told_so(base_stack: Stack, tmp_
         assert close_code == 1008 and [e["code"] for e in events] == ["bad_parameter"]
     finally:
         ingest.stop()
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver: refuses the first POST (500), then keeps each body with its headers."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.refused = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.refused == 0:
+                    outer.refused += 1
+                    self.send_response(500)
+                else:
+                    outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_finals_reach_a_webhook_signed_retried_and_once_each(
+    base_stack: Stack, speech: Speech, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    metrics_port = free_port()
+    flags = ("--webhook-url", hook, "--webhook-secret", "shh", "--metrics-port", str(metrics_port))
+    uri, ingest = start_ingest(base_stack.redis_url, POOL, *flags, logs=tmp_path)
+    try:
+        stream = speech.stream(8000, (1, 3))
+        call = f"CA{uuid.uuid4().hex}"
+        frames = call_frames("twilio", {"inbound": encode(stream.path, "mulaw", 8000)}, 160,
+                             start=with_call_id("twilio", call))  # fmt: skip
+        assert send_call(f"{uri}/twilio", frames)[0] == 1000
+        events, _ = read_events(f"{uri}/calls/{call}/events")
+        sent = [e for e in events if e["type"] == "final"]
+        wait_until(lambda: len(receiver.received) >= len(sent), 30, "the webhook deliveries")
+        assert counter(metrics_port, "stt_webhook_deliveries_total", outcome="delivered") == len(sent)
+    finally:
+        ingest.stop()
+        receiver.shutdown()
+    assert receiver.refused == 1  # the first POST failed and was sent again
+    bodies = []
+    for headers, body in receiver.received:
+        signed = headers["x-stt-timestamp"].encode() + b"." + body
+        expected = "sha256=" + hmac.new(b"shh", signed, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["x-stt-signature"], expected)
+        bodies.append(json.loads(body))
+    assert [b["call"] for b in bodies] == [call] * len(sent)
+    assert [b["event"] for b in bodies] == [{k: v for k, v in e.items() if k != "id"} for e in sent]

@@ -17,6 +17,8 @@ class CallConfig:
     events_ttl: float  # a call's event stream expires this long after its last event (s)
     events_maxlen: int  # and keeps at most about this many events
     twilio_auth_token: str  # when set, /twilio checks X-Twilio-Signature
+    webhook_url: str  # when set, every final of a call is POSTed there, signed with webhook_secret
+    webhook_secret: str
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,15 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         "the Twilio account's auth token: /twilio then accepts only requests with a valid X-Twilio-Signature",
     )
     parser.env_flag(
+        "--webhook-url",
+        "WEBHOOK_URL",
+        "",
+        "POST every telephony final there as JSON (signed with --webhook-secret, retried, bounded)",
+    )
+    parser.env_flag(
+        "--webhook-secret", "WEBHOOK_SECRET", "", "key of the webhook's X-STT-Signature (HMAC-SHA256)"
+    )
+    parser.env_flag(
         "--tls-cert",
         "TLS_CERT",
         "",
@@ -236,6 +247,8 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if args.webhook_url and not args.webhook_secret:
+        parser.error("--webhook-url needs --webhook-secret: receivers must be able to check what they get")
     segmenter = SegmenterConfig(
         vad_mode=args.vad_mode,
         silence_ms=args.silence_ms,
@@ -279,7 +292,13 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         web=args.web,
         partial_ms=args.partial_ms,
         eager_max_backlog=args.eager_max_backlog,
-        calls=CallConfig(args.call_events_ttl, args.call_events_maxlen, args.twilio_auth_token),
+        calls=CallConfig(
+            args.call_events_ttl,
+            args.call_events_maxlen,
+            args.twilio_auth_token,
+            args.webhook_url,
+            args.webhook_secret,
+        ),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         metrics_port=args.metrics_port,

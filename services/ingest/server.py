@@ -25,6 +25,7 @@ from services.ingest.config import IngestConfig
 from services.ingest.results import ResultRouter
 from services.ingest.session import CallSession, ClientGone, Session
 from services.ingest.tls import Certificates
+from services.ingest.webhook import Webhook
 from services.lifecycle import connect_redis, install_stop_signals
 from services.metrics import IngestMetrics
 from services.protocol import (
@@ -57,6 +58,10 @@ class Ingest:
         # the sessions share.
         self.readers = redis.Redis.from_url(config.redis_url)
         self.router = router
+        calls = config.calls
+        self.webhook = (
+            Webhook(calls.webhook_url, calls.webhook_secret, metrics) if calls.webhook_url else None
+        )
         self.sessions = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -228,7 +233,7 @@ class Ingest:
             )
             self.metrics.sessions_opened.labels(model).inc()
             call = Call(start, session_id, model, params, self.config, self.metrics, time.time())
-            await CallSession(ws, call, self.config, self.redis, results).run()
+            await CallSession(ws, call, self.config, self.redis, results, self.webhook).run()
 
 
 async def read_start(ws: ServerConnection, platform: telephony.Platform) -> telephony.Start:
@@ -291,6 +296,7 @@ async def run(config: IngestConfig) -> None:
         async with asyncio.TaskGroup() as tasks:
             routing = tasks.create_task(router.run())
             renewals = tasks.create_task(certificates.watch()) if certificates else None
+            hooks = tasks.create_task(ingest.webhook.run()) if ingest.webhook else None
             # Listen only once results can be received: a session opened earlier would be refused.
             await wait_first(router.connected, stop)
             async with serve(
@@ -314,8 +320,9 @@ async def run(config: IngestConfig) -> None:
                 await stop.wait()
                 await drain(server, ingest, config.drain_timeout)
             routing.cancel()
-            if renewals is not None:
-                renewals.cancel()
+            for task in (renewals, hooks):
+                if task is not None:
+                    task.cancel()
     finally:
         await client.aclose()
         await ingest.readers.aclose()

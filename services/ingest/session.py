@@ -25,6 +25,7 @@ from services.ingest.call import Call, record
 from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
 from services.ingest.results import LOST, WAKE
+from services.ingest.webhook import Webhook
 from services.lifecycle import honour_cancellation
 from services.protocol import (
     CLOSE_TRY_AGAIN,
@@ -32,6 +33,7 @@ from services.protocol import (
     Done,
     Eof,
     ErrorEvent,
+    Final,
     Finalize,
     ProtocolError,
     SegmentJob,
@@ -220,9 +222,11 @@ class CallSession(Session):
         config: IngestConfig,
         client: redis.Redis,
         results: asyncio.Queue[bytes],
+        webhook: Webhook | None = None,
     ) -> None:
         super().__init__(ws, call.channels, config, client, results)
         self.call = call
+        self.webhook = webhook
         self.events = keys.call_events(call.start.call)
 
     async def run(self) -> None:
@@ -260,9 +264,11 @@ class CallSession(Session):
 
     async def record(self, event: ServerEvent) -> None:
         """Append ``event`` to the call's event stream, bounded, and keep the stream alive for its TTL."""
-        calls = self.config.calls
+        calls, kept = self.config.calls, record(event)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.events, {"event": record(event)}, maxlen=calls.events_maxlen, approximate=True)
+            pipe.xadd(self.events, {"event": kept}, maxlen=calls.events_maxlen, approximate=True)
             pipe.expire(self.events, round(calls.events_ttl))
             await pipe.execute()
         honour_cancellation()
+        if self.webhook is not None and isinstance(event, Final):
+            self.webhook.submit(self.call.start.call, kept)

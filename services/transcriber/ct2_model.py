@@ -223,8 +223,8 @@ class CTranslate2Model:
     ) -> list[list[Word]]:
         """Each clip's words with their times (none for a clip without ``texts``): CTranslate2's
         ``align`` (dynamic time warping over the alignment heads' cross-attention), one more
-        decoder pass over the tokens chosen. It adds about 75 % to the model time of a segment
-        (mean 0.20 -> 0.35 s a segment of the espeak sentences on one CPU thread: bench/words.py): sessions ask for it."""
+        decoder pass over the tokens chosen. It adds about 75 % to a segment's model time (mean
+        0.20 -> 0.35 s for the espeak sentences on one CPU thread, bench/words.py): sessions ask."""
         out: list[list[Word]] = [[] for _ in batch]
         spoken = [n for n, ids in enumerate(texts) if ids]
         if not spoken:
