@@ -1,6 +1,6 @@
 """A session's vocabulary (Whisper's initial prompt): bounded, carried by every job, changed
-mid-session by ``configure``, and a rare word fixed by it, end to end on whisper-base in
-CTranslate2."""
+mid-session by ``configure``, and a rare word fixed by it: end to end on whisper-base in
+CTranslate2, and in-process on the transformers backend."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from websockets.sync.client import connect
 
 from services import metrics
@@ -26,7 +27,9 @@ from services.protocol import (
     parse_query,
     parse_text,
 )
-from services.stack import Stack
+from services.stack import MODEL_DIR, Stack
+from services.transcriber.interface import DEFAULT_CONTEXT_S, Decoding
+from services.transcriber.model import WhisperModel
 from tests.helpers import finals, run_client
 from tests.test_segmenter import loud, silence, tone_pcm
 from tools.speech import espeak
@@ -91,3 +94,11 @@ def test_configure_mid_session_applies_to_the_next_segments(ct2_stack: Stack, ra
             events.append(json.loads(ws.recv(timeout=60)))
     first, second = (f["text"] for f in finals(events))
     assert "Zomato" not in first and "Zomato" in second
+
+
+def test_the_transformers_backend_takes_the_prompt_too(rare_word: Path) -> None:
+    model = WhisperModel.load(str(MODEL_DIR), "cpu", torch.float32, Decoding(context_s=DEFAULT_CONTEXT_S))
+    clip = sf.read(rare_word, dtype="float32")[0]
+    plain, prompted, again = model.transcribe([clip, clip, clip], prompts=["", "Zomato, Swiggy", ""])
+    assert "Zomato" not in plain.text and "Zomato" in prompted.text
+    assert again.text == plain.text  # one clip's prompt does not reach another in the batch

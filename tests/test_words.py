@@ -1,6 +1,6 @@
-"""Word timings and confidence: the grouping and snapping in-process, their accuracy against
-ground truth built here (espeak-ng words joined with known pauses) on the real whisper-base in
-CTranslate2, and end to end: a session and a telephony call that ask for them."""
+"""Word timings and confidence: the grouping, warping and snapping in-process, their accuracy
+against ground truth built here (espeak-ng words joined with known pauses) on the real
+whisper-base in both backends, and end to end: a session and a telephony call that ask for them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from services.stack import CT2_DIR, Stack
+from services.stack import CT2_DIR, MODEL_DIR, Stack
 from services.transcriber.ct2_model import CTranslate2Model
 from services.transcriber.interface import DEFAULT_CONTEXT_S, Decoding
-from services.transcriber.words import Word, snap_to_speech, split_words, timed_words
+from services.transcriber.model import WhisperModel
+from services.transcriber.words import Word, dtw_starts, snap_to_speech, split_words, timed_words
 from tests.helpers import finals, run_client
 from tests.platforms import call_frames, encode, fixture
 from tests.test_calls import read_events, send_call
@@ -116,3 +118,28 @@ def test_a_call_that_asks_gets_each_tracks_words(ct2_stack: Stack, speech: Speec
     (final,) = [e for e in events if e["type"] == "final"]
     assert final["track"] == "inbound" and final["words"] and final["words"][0]["word"]
     assert all(w["start"] <= w["end"] for w in final["words"])
+
+
+def test_dynamic_time_warping_follows_the_cheap_diagonal() -> None:
+    cost = np.ones((3, 12))
+    for row, (a, b) in enumerate([(0, 4), (4, 8), (8, 12)]):
+        cost[row, a:b] = 0.0  # token 0 at steps 0-3, token 1 at 4-7, token 2 at 8-11
+    assert dtw_starts(cost) == [0, 4, 8]
+
+
+def test_the_transformers_backend_times_words_as_well(tmp_path: Path) -> None:
+    model = WhisperModel.load(str(MODEL_DIR), "cpu", torch.float32, Decoding(context_s=DEFAULT_CONTEXT_S))
+    errors = []
+    for n, sentence in enumerate(SENTENCES[1:4]):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        clip, truth = spoken_apart(sentence, folder)
+        (transcript,) = model.transcribe([clip], [True])
+        assert len(transcript.words) == len(truth), transcript.words
+        for (said, start, end), word in zip(truth, transcript.words, strict=True):
+            assert said in word.word.lower() and 0 < word.probability <= 1
+            errors += [abs(word.start - start), abs(word.end - end)]
+    within = float(np.mean(np.array(errors) <= TOLERANCE_S))
+    print(f"transformers: word boundaries within {TOLERANCE_S} s: {within:.0%} of {len(errors)}")
+    assert within >= 0.9
+    assert model.transcribe([clip])[0].words == ()

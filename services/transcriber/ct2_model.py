@@ -31,6 +31,7 @@ import tokenizers
 from numpy.typing import NDArray
 
 from services.transcriber.interface import (
+    MAX_PROMPT_TOKENS,
     Decoding,
     ModelLoadError,
     Transcript,
@@ -43,7 +44,6 @@ log = logging.getLogger("transcriber.model")
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP = 160
-MAX_PROMPT_TOKENS = 223  # Whisper's context holds 448 tokens: half for the prompt, as OpenAI's
 
 
 def ct2_max_length(new_tokens: int) -> int:

@@ -24,6 +24,9 @@ log = logging.getLogger("transcriber.model")
 TOKENS_PER_SECOND = 10
 MIN_NEW_TOKENS = 16
 MAX_NEW_TOKENS = 440
+# A session's prompt (its vocabulary) keeps its last this many tokens: Whisper's context holds 448,
+# half of it for the previous text, as OpenAI's decoding does.
+MAX_PROMPT_TOKENS = 223
 
 
 # Whisper's encoder was trained on 30 s windows of 3000 log-mel frames (100 a second), and pads

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.ndimage import median_filter
 
 SECONDS_PER_STEP = 0.02  # one encoder position: 2 mel frames of 10 ms
 FRAME_S = 0.01  # the energy frames words are snapped to
@@ -65,6 +66,39 @@ def split_words(decode: Callable[[list[int]], str], tokens: Sequence[int]) -> li
             words.append((text, list(ids)))
         opening = not glued and mark in OPENING
     return [(text.strip(), ids) for text, ids in words]
+
+
+def token_steps(weights: NDArray[np.float32], frames: int) -> list[int]:
+    """The encoder step where each token starts, from the alignment heads' cross-attention
+    ``weights`` ([heads, tokens, steps]; the rows of the text tokens and end of text): each head
+    normalised over the tokens, median-filtered over 7 steps, the heads averaged, then dynamic
+    time warping (OpenAI's ``timing.py`` does the same; CTranslate2's ``align`` too)."""
+    matrix = weights[:, :, : max(1, frames)].astype(np.float64)
+    matrix = (matrix - matrix.mean(axis=1, keepdims=True)) / (matrix.std(axis=1, keepdims=True) + 1e-9)
+    matrix = median_filter(matrix, size=(1, 1, 7), mode="nearest").mean(axis=0)
+    return dtw_starts(-matrix)
+
+
+def dtw_starts(cost: NDArray[np.float64]) -> list[int]:
+    """The column where each row starts on the cheapest monotonic path from the top-left to the
+    bottom-right of ``cost`` (rows: tokens, columns: steps)."""
+    rows, cols = cost.shape
+    total = np.full((rows + 1, cols + 1), np.inf)
+    total[0, 0] = 0.0
+    came = np.zeros((rows + 1, cols + 1), dtype=np.int8)  # 0: diagonal, 1: from above, 2: from the left
+    for i in range(1, rows + 1):
+        for j in range(1, cols + 1):
+            options = (total[i - 1, j - 1], total[i - 1, j], total[i, j - 1])
+            step = int(np.argmin(options))
+            total[i, j] = cost[i - 1, j - 1] + options[step]
+            came[i, j] = step
+    starts = [cols] * rows
+    i, j = rows, cols
+    while i > 0 and j > 0:
+        starts[i - 1] = j - 1
+        step = int(came[i, j])
+        i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
+    return starts
 
 
 def timed_words(
