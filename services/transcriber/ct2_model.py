@@ -224,7 +224,7 @@ class CTranslate2Model:
         """Each clip's words with their times (none for a clip without ``texts``): CTranslate2's
         ``align`` (dynamic time warping over the alignment heads' cross-attention), one more
         decoder pass over the tokens chosen. It adds about 75 % to a segment's model time (mean
-        0.20 -> 0.35 s for the espeak sentences on one CPU thread, bench/words.py): sessions ask."""
+        0.20 -> 0.36 s for the espeak sentences on one CPU thread, bench/words.py): sessions ask."""
         out: list[list[Word]] = [[] for _ in batch]
         spoken = [n for n, ids in enumerate(texts) if ids]
         if not spoken:
