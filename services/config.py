@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from services.redis_url import parse_sentinel
+
 
 class EnvArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose ``env_flag`` reads its default from an env var."""
@@ -44,7 +46,13 @@ class EnvArgumentParser(argparse.ArgumentParser):
 
 
 def add_common_flags(parser: EnvArgumentParser) -> None:
-    parser.env_flag("--redis-url", "REDIS_URL", "redis://localhost:6379/0", "Redis server URL")
+    parser.env_flag(
+        "--redis-url",
+        "REDIS_URL",
+        "redis://localhost:6379/0",
+        "Redis server URL, or redis+sentinel://[:password@]host:port[,host:port...]/service[/db]",
+        type=redis_url_arg,
+    )
     parser.env_flag(
         "--log-level",
         "LOG_LEVEL",
@@ -83,3 +91,12 @@ def boolean(raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{raw!r} is not true/false")
+
+
+def redis_url_arg(value: str) -> str:
+    """Argparse type: a Redis URL (a Sentinel one must name its Sentinels and its service)."""
+    try:
+        parse_sentinel(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value

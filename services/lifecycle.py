@@ -10,6 +10,9 @@ import signal
 
 import redis.asyncio as redis
 
+from services.redis_url import client as redis_client
+from services.redis_url import parse_sentinel
+
 log = logging.getLogger("lifecycle")
 
 
@@ -37,12 +40,15 @@ async def connect_redis(url: str, stop: asyncio.Event, max_wait: float = 30.0) -
 
     Raises ``redis.ConnectionError`` when Redis stays unreachable.
     """
-    # A blocking pool: when every connection is busy (hundreds of sessions enqueueing at once) a
-    # command waits for one, where redis-py's default pool (100, no waiting) raises.
-    pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S, health_check_interval=10
-    )
-    client = redis.Redis.from_pool(pool)
+    if parse_sentinel(url) is not None:
+        client = redis_client(url, health_check_interval=10)
+    else:
+        # A blocking pool: when every connection is busy (hundreds of sessions enqueueing at once)
+        # a command waits for one, where redis-py's default pool (100, no waiting) raises.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S, health_check_interval=10
+        )
+        client = redis.Redis.from_pool(pool)
     deadline = asyncio.get_running_loop().time() + max_wait
     backoff = Backoff()
     while True:

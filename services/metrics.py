@@ -111,6 +111,11 @@ class IngestMetrics:
             registry=registry,
         )
         self.errors = Counter("stt_errors_total", "Error events sent to clients", ["kind"], registry=registry)
+        self.unreplicated = Counter(
+            "stt_unreplicated_segments_total",
+            "Segments no replica confirmed within --durable-ms (a failover then could lose them)",
+            registry=registry,
+        )
         self.webhook_deliveries = Counter(
             "stt_webhook_deliveries_total",
             "Telephony finals POSTed to --webhook-url: delivered, failed (after retries), dropped (full)",

@@ -293,6 +293,7 @@ class Stack:
         self._redis: Proc | None = None  # None: an external Redis (redis_url given)
         self.transcribers: list[Proc] = []
         self.ingests: list[Proc] = []
+        self.uris: list[str] = []  # each ingest's, in the order they started
         self.uri = ""  # the first ingest's
         if redis_url is None:
             self.redis_port = redis_port or free_port()
@@ -373,6 +374,7 @@ class Stack:
     def start_ingest(self, default_model: str, *flags: str, **options: Any) -> tuple[str, Proc]:
         uri, proc = start_ingest(self.redis_url, default_model, *flags, logs=self.logs, **options)
         self.ingests.append(proc)
+        self.uris.append(uri)
         self.uri = self.uri or uri
         return uri, proc
 

@@ -44,6 +44,7 @@ class IngestConfig:
     web: bool
     partial_ms: int
     eager_max_backlog: int
+    durable_ms: int  # > 0: each segment waits for one replica to have it (WAIT), this long at most
     calls: CallConfig
     tls_cert: str  # with tls_key: serve wss:// and https:// (empty: plain ws:// and http://)
     tls_key: str
@@ -208,6 +209,13 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         type=int,
     )
     parser.env_flag(
+        "--durable-ms",
+        "DURABLE_MS",
+        0,
+        "after queueing a segment, wait up to this long for a replica to have it (Redis WAIT; 0: do not)",
+        type=int,
+    )
+    parser.env_flag(
         "--call-events-ttl",
         "CALL_EVENTS_TTL",
         86400.0,
@@ -292,6 +300,7 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         web=args.web,
         partial_ms=args.partial_ms,
         eager_max_backlog=args.eager_max_backlog,
+        durable_ms=args.durable_ms,
         calls=CallConfig(
             args.call_events_ttl,
             args.call_events_maxlen,

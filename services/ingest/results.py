@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 
 from services import keys
 from services.lifecycle import Backoff
+from services.redis_url import client as redis_url_client
 
 log = logging.getLogger("ingest.results")
 
@@ -41,7 +42,7 @@ class SubscriptionError(redis.ConnectionError):
 class ResultRouter:
     def __init__(self, redis_url: str, ingest_id: str, confirm_timeout: float = 5.0) -> None:
         # No silent retries: a reconnect must be seen, since messages in the gap are lost.
-        self._client = redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0))
+        self._client = redis_url_client(redis_url, retry=Retry(NoBackoff(), 0))
         self._pubsub: redis.client.PubSub | None = None
         self._control = keys.control_channel(ingest_id)
         self._confirm_timeout = confirm_timeout

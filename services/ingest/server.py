@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
-from services import keys, metrics
+from services import keys, metrics, redis_url
 from services.catalog import requested_pool
 from services.ingest import admission, events, telephony, web
 from services.ingest.call import Call
@@ -56,7 +56,7 @@ class Ingest:
         self.redis = client
         # Readers of calls' events block in XREAD, each on a connection of its own: not the pool
         # the sessions share.
-        self.readers = redis.Redis.from_url(config.redis_url)
+        self.readers = redis_url.client(config.redis_url)
         self.router = router
         calls = config.calls
         self.webhook = (

@@ -157,7 +157,16 @@ class Session:
                 await self.redis.xadd(self.partials_stream, fields, maxlen=PARTIALS_MAXLEN, approximate=True)
             else:
                 await self.redis.xadd(self.stream, fields, maxlen=self.config.stream_maxlen, approximate=True)
+                if self.config.durable_ms > 0:
+                    await self._replicate()
             honour_cancellation()
+
+    async def _replicate(self) -> None:
+        """``--durable-ms``: wait for a replica to have what was just queued (a failover loses only
+        what no replica had). A replica that does not answer in time is counted, not waited for."""
+        replicas = await self.redis.wait(1, self.config.durable_ms)
+        if replicas < 1:
+            self.core.metrics.unreplicated.inc()
 
     async def _relay(self) -> None:
         core = self.core
