@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 MODEL_DIR := models/whisper-base
 
-.PHONY: run test lint format offline-model system-deps venv bench gpu-check
+.PHONY: run test lint format offline-model system-deps k8s-tools venv bench gpu-check
 
 system-deps:
 	@deploy/install-system-deps.sh
@@ -30,7 +30,11 @@ offline-model: $(MODEL_DIR)/.source-sha256 $(MODEL_DIR)-ct2/.source-sha256
 run: venv offline-model
 	$(PY) -m services.stack
 
-test: venv offline-model
+# helm and KEDA's CRD models into .cache/k8s, for the Helm chart's checks (nothing is applied).
+k8s-tools:
+	@deploy/install-k8s-tools.sh
+
+test: venv offline-model k8s-tools
 	$(PY) -m pytest
 
 lint: venv
