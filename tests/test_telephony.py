@@ -177,3 +177,17 @@ def test_a_call_event_names_its_channel_role_track() -> None:
         "end": 2.0,
         "latency": 0.5,
     }
+
+
+def test_the_length_limit_on_one_track_ends_the_whole_call() -> None:
+    config = parse_args(
+        ["--silence-ms", "300", "--min-speech-ms", "200", "--eager-ms", "0", "--max-session-s", "1"]
+    )
+    start = Start("twilio", "CA1", "MZ1", ("inbound", "outbound"), "linear16", 8000)
+    call = Call(
+        start, "s1", "swift", SessionParams(), config, IngestMetrics(metrics.new_registry()), 0.0, vad=loud
+    )
+    while not call.channels.eof:  # the inbound track alone: the outbound one has sent nothing
+        call.message(Media("inbound", silence(0.02, 8000)), 0.0)
+    assert all(core.eof for core in call.channels.cores)  # both channels ended, so the call can finish
+    assert call.channels.finished and call.channels.ending is not None

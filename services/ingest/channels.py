@@ -39,6 +39,8 @@ class Channels:
         now: float,
         vad: VadFn | None = None,
     ) -> None:
+        self.id = session_id
+        self.model = model
         self.params = params
         self.config = config
         self.metrics = metrics
@@ -78,8 +80,7 @@ class Channels:
         pcm = decode_pcm16(frame, self.params.encoding)
         for core, channel_pcm in zip(self.cores, split_channels(pcm, len(self.cores)), strict=True):
             core.audio(channel_pcm, now)
-        if self.eof:  # the length limit ended one channel: it ends them all
-            self.end_of_audio(now)
+        self._after_audio(now)
 
     def channel_audio(self, channel: int, data: bytes, now: float) -> None:
         """Audio of one channel alone (a telephony track), in the session's encoding."""
@@ -91,6 +92,16 @@ class Channels:
             )
         self.metrics.bytes_received.inc(len(data))
         self.cores[channel].audio(decode_pcm16(data, self.params.encoding), now)
+        self._after_audio(now)
+
+    def _after_audio(self, now: float) -> None:
+        if self.eof:  # the length limit ended one channel: it ends them all
+            self.end_of_audio(now)
+
+    @property
+    def partials(self) -> bool:
+        """Partial results are sent (asked for, and not turned off with --partial-ms 0)."""
+        return self.cores[0].partials
 
     @property
     def position(self) -> float:
