@@ -193,9 +193,9 @@ class Ingest:
         """Our own protocol: audio frames in, events back on the same socket."""
         model = await self.resolve_model(params.model)
         async with self.router.subscription(session_id) as results:
-            partials = params.partials and self.config.partial_ms > 0
+            channels = Channels(session_id, model, params, self.config, self.metrics, time.time())
             layout = (params.encoding, params.channels, params.roles, params.words)
-            ready = Ready(session_id, model, params.sample_rate, partials, *layout)
+            ready = Ready(session_id, model, params.sample_rate, channels.partials, *layout)
             await ws.send(ready.to_json())
             log.info(
                 "session %s open from %s: model %s, %d Hz, %s, %d channel(s)",
@@ -207,7 +207,6 @@ class Ingest:
                 params.channels,
             )
             self.metrics.sessions_opened.labels(model).inc()
-            channels = Channels(session_id, model, params, self.config, self.metrics, time.time())
             await Session(ws, channels, self.config, self.redis, results).run()
 
     async def handle_call(
@@ -239,10 +238,7 @@ class Ingest:
 async def read_start(ws: ServerConnection, platform: telephony.Platform) -> telephony.Start:
     """The platform's frames up to its ``start`` (a ``connected`` may come first)."""
     while True:
-        message = await ws.recv()
-        if isinstance(message, bytes):
-            raise ProtocolError("bad_message", "telephony streams send JSON text frames, not binary ones")
-        parsed = telephony.parse(platform, message)
+        parsed = telephony.parse(platform, await ws.recv())
         if isinstance(parsed, telephony.Start):
             return parsed
         if not isinstance(parsed, telephony.Connected):

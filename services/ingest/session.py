@@ -64,12 +64,12 @@ class Session:
     ) -> None:
         self.ws = ws
         self.core = core
-        self.id = core.cores[0].id
+        self.id = core.id
         self.config = config
         self.redis = client
         self.results = results
-        self.stream = keys.segment_stream(core.cores[0].model)
-        self.partials_stream = keys.partials_stream(core.cores[0].model)
+        self.stream = keys.segment_stream(core.model)
+        self.partials_stream = keys.partials_stream(core.model)
 
     async def run(self) -> None:
         """Until ``done`` is sent; raises ClientGone or ProtocolError if the session ends early."""
@@ -78,7 +78,7 @@ class Session:
             await self._relay()
             receiver.cancel()
 
-    async def _watch_after_eof(self) -> NoReturn:
+    async def _after_eof(self) -> NoReturn:
         """After end of audio, notice a client that leaves before its results arrive, so
         they are not waited for (and not transcribed: the channel is unsubscribed)."""
         with contextlib.suppress(ConnectionClosedOK):
@@ -134,9 +134,6 @@ class Session:
         if isinstance(closed, ConnectionClosedOK):
             raise ClientGone()
         raise closed
-
-    async def _after_eof(self) -> NoReturn:
-        await self._watch_after_eof()
 
     async def _offer_guesses(self) -> None:
         """Queue each channel's eager guess, if the pool has time to spare for it."""
@@ -250,8 +247,6 @@ class CallSession(Session):
             raise
 
     def _take(self, message: str | bytes, now: float) -> None:
-        if isinstance(message, bytes):
-            raise ProtocolError("bad_message", "telephony streams send JSON text frames, not binary ones")
         check_frame_size(len(message), self.config.max_frame_bytes)
         self.call.message(telephony.parse(self.call.start.platform, message), now)
 

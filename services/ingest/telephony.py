@@ -150,8 +150,10 @@ def _call_id(value: str) -> str:
     return value
 
 
-def parse(platform: Platform, text: str) -> Message:
-    """One text frame from ``platform``."""
+def parse(platform: Platform, text: str | bytes) -> Message:
+    """One frame from ``platform`` (its streams are JSON text frames, never binary ones)."""
+    if isinstance(text, bytes):
+        raise _bad("telephony streams send JSON text frames, not binary ones")
     try:
         message = _object(json.loads(text), "a frame")
     except ValueError:

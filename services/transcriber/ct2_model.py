@@ -37,7 +37,7 @@ from services.transcriber.interface import (
     Transcript,
     context_frames,
 )
-from services.transcriber.words import Word, snap_to_speech, split_words, timed_words
+from services.transcriber.words import Word, clip_words
 
 log = logging.getLogger("transcriber.model")
 
@@ -179,6 +179,9 @@ class CTranslate2Model:
         ids = self.tokenizer.encode(" " + prompt, add_special_tokens=False).ids[-MAX_PROMPT_TOKENS:]
         return [self.previous, *ids, *self.prompt]
 
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids))
+
     def features(self, batch: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
         """The batch's log-mel features over the context window that fits its longest clip."""
         seconds = max(len(clip) for clip in batch) / SAMPLE_RATE
@@ -214,7 +217,7 @@ class CTranslate2Model:
         wanted = [ids if n < len(words) and words[n] else [] for n, ids in enumerate(texts)]
         timed = self.align(mel, batch, wanted)
         return [
-            Transcript(self.tokenizer.decode(ids).strip(), float(result.no_speech_prob), tuple(words))
+            Transcript(self.decode(ids).strip(), float(result.no_speech_prob), tuple(words))
             for ids, result, words in zip(texts, results, timed, strict=True)
         ]
 
@@ -239,8 +242,6 @@ class CTranslate2Model:
             text_steps = np.array([pair[0] for pair in result.alignments])
             time_steps = np.array([pair[1] for pair in result.alignments])
             starts = time_steps[np.concatenate([[True], np.diff(text_steps) != 0])]  # each token's step
-            words = split_words(lambda ids: str(self.tokenizer.decode(ids)), texts[n])
-            duration = len(batch[n]) / SAMPLE_RATE
-            timed = timed_words(words, [int(t) for t in starts], list(result.text_token_probs), duration)
-            out[n] = snap_to_speech(timed, batch[n], SAMPLE_RATE)
+            steps, probabilities = [int(t) for t in starts], list(result.text_token_probs)
+            out[n] = clip_words(self.decode, texts[n], steps, probabilities, batch[n], SAMPLE_RATE)
         return out

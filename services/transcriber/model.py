@@ -25,7 +25,7 @@ from services.transcriber.interface import (
     Transcript,
     context_frames,
 )
-from services.transcriber.words import Word, snap_to_speech, split_words, timed_words, token_steps
+from services.transcriber.words import Word, clip_words, token_steps
 
 log = logging.getLogger("transcriber.model")
 
@@ -180,5 +180,4 @@ class WhisperModel:
         steps = token_steps(weights[:, first:last].float().cpu().numpy(), len(clip) // 320)
         probabilities = output.logits[0, first : last - 1].float().softmax(-1)
         chosen = probabilities[torch.arange(len(ids)), torch.tensor(ids)].tolist()
-        words = split_words(lambda part: str(tokenizer.decode(part)), ids)
-        return snap_to_speech(timed_words(words, steps, chosen, len(clip) / 16000), clip, 16000)
+        return clip_words(lambda part: str(tokenizer.decode(part)), ids, steps, chosen, clip, 16000)

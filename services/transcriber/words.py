@@ -168,3 +168,18 @@ def snap_to_speech(words: Sequence[Word], clip: NDArray[np.float32], rate: int) 
         found = offset(starts[n], limit)
         out.append(replace(word, start=starts[n], end=max(starts[n], word.end if found is None else found)))
     return out
+
+
+def clip_words(
+    decode: Callable[[list[int]], str],
+    tokens: Sequence[int],
+    steps: Sequence[int],
+    probabilities: Sequence[float],
+    clip: NDArray[np.float32],
+    rate: int,
+) -> list[Word]:
+    """A clip's timed words, from its text ``tokens``, the encoder step where each starts (and
+    end of text's) and each token's probability: grouped, timed, snapped to the clip's pauses.
+    Both backends end their alignment here."""
+    timed = timed_words(split_words(decode, tokens), steps, probabilities, len(clip) / rate)
+    return snap_to_speech(timed, clip, rate)
