@@ -19,7 +19,7 @@ import redis.asyncio as redis
 
 from bench.common import write_report
 from bench.measure import spread
-from services.stack import ROOT, Proc, free_port, port_open, wait_until
+from services.stack import ROOT, Proc, free_port, port_open, redis_args, wait_until
 
 SEGMENT = b"\x01\x02" * 48_000  # 3 s of 16 kHz 16-bit PCM
 BLOCK = 50
@@ -49,10 +49,9 @@ def main() -> int:
     args = parser.parse_args()
     primary, replica = free_port(), free_port()
     with tempfile.TemporaryDirectory() as folder:
-        base = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         procs = [
-            Proc("primary", [*base, "--port", str(primary)], Path(folder) / "primary.log"),
-            Proc("replica", [*base, "--port", str(replica), "--replicaof", "127.0.0.1", str(primary)],
+            Proc("primary", redis_args(primary, Path(folder)), Path(folder) / "primary.log"),
+            Proc("replica", [*redis_args(replica, Path(folder)), "--replicaof", "127.0.0.1", str(primary)],
                  Path(folder) / "replica.log"),
         ]  # fmt: skip
         try:

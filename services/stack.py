@@ -30,6 +30,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -127,6 +128,13 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def redis_args(port: int, workdir: Path, bind: str = "127.0.0.1") -> list[str]:
+    """A ``redis-server`` without persistence that writes what it must (a replica's copy of its
+    primary's data set) into ``workdir``, never into the directory it was started from."""
+    return ["redis-server", "--port", str(port), "--bind", bind, "--save", "", "--appendonly", "no",
+            "--dir", str(workdir)]  # fmt: skip
 
 
 def port_open(port: int) -> bool:
@@ -291,6 +299,7 @@ class Stack:
     ) -> None:
         self.logs = logs
         self._redis: Proc | None = None  # None: an external Redis (redis_url given)
+        self._redis_dir: Path | None = None  # Redis's own folder when there are no logs
         self.transcribers: list[Proc] = []
         self.ingests: list[Proc] = []
         self.uris: list[str] = []  # each ingest's, in the order they started
@@ -339,10 +348,13 @@ class Stack:
         """A private redis-server, no persistence (again on the same port after a test stopped it)."""
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (deploy/install-system-deps.sh installs it)")
-        args = ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        if self.logs is None and self._redis_dir is None:
+            self._redis_dir = Path(tempfile.mkdtemp(prefix="stt-redis-"))  # removed by stop()
+        workdir = self.logs or self._redis_dir
+        assert workdir is not None
         # Its start-up banner is noise on make run's terminal.
         log = Path(os.devnull) if self.logs is None else self._log("redis")
-        proc = Proc("redis-server", [*args, "--appendonly", "no"], log)
+        proc = Proc("redis-server", redis_args(self.redis_port, workdir), log)
         wait_started(proc, lambda: port_open(self.redis_port), 10, "redis-server")
         self._redis = proc
         return proc
@@ -404,6 +416,8 @@ class Stack:
     def stop(self) -> None:
         for proc in reversed(self.children()):
             proc.stop()
+        if self._redis_dir is not None:
+            shutil.rmtree(self._redis_dir, ignore_errors=True)
 
 
 def main() -> int:

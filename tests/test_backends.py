@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from transformers import WhisperFeatureExtractor
 
 from services import keys, metrics
-from services.stack import MODEL_DIR, ROOT, Proc, Stack, free_port, port_open, wait_until
+from services.stack import MODEL_DIR, ROOT, Proc, Stack, free_port, port_open, redis_args, wait_until
 from services.transcriber.config import ConfigError, parse_args
 from services.transcriber.ct2_model import CTranslate2Model, LogMel, ct2_directory, ct2_max_length
 from services.transcriber.guard import judge
@@ -128,8 +128,7 @@ def test_stack_with_the_ctranslate2_backend(speech: Speech, tmp_path: Path) -> N
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = Proc("redis", args, tmp_path / "redis.log")
+    proc = Proc("redis", redis_args(port, tmp_path), tmp_path / "redis.log")
     wait_until(lambda: port_open(port), 10, "redis-server")
     yield f"redis://127.0.0.1:{port}/0"
     proc.stop()

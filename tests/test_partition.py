@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from services import keys
-from services.stack import MODEL_DIR, POOL, Proc, free_port, wait_until
+from services.stack import MODEL_DIR, POOL, Proc, free_port, redis_args, wait_until
 from tests.helpers import finals, run_client
 from tools.speech import Speech, wer
 
@@ -96,10 +96,8 @@ def test_a_cut_link_loses_nothing_and_duplicates_nothing(
     port = free_port()
     procs: dict[str, Proc] = {}
     try:
-        redis_args = ["redis-server", "--bind", network["redis"], "--port", "6379", "--save", ""]
-        procs["redis"] = inside(
-            "redis", "redis", [*redis_args, "--protected-mode", "no"], tmp_path / "redis.log"
-        )
+        args = [*redis_args(6379, tmp_path, bind=network["redis"]), "--protected-mode", "no"]
+        procs["redis"] = inside("redis", "redis", args, tmp_path / "redis.log")
         url = f"redis://{network['redis']}:6379/0"
         client = redis.Redis(host=network["redis"], port=6379)
         wait_until(lambda: _pings(client), 20, "redis-server in its namespace")

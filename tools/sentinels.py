@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from services.stack import Proc, free_port, port_open, wait_until
+from services.stack import Proc, free_port, port_open, redis_args, wait_until
 
 SERVICE = "stt"
 
@@ -22,17 +22,8 @@ class Topology:
         self.procs: dict[str, Proc] = {}
         self.servers = {"primary": self.primary_port, "replica-1": free_port(), "replica-2": free_port()}
         for name, port in self.servers.items():
-            args = [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
+            (workdir / name).mkdir(exist_ok=True)
+            args = redis_args(port, workdir / name)
             if name != "primary":
                 args += ["--replicaof", "127.0.0.1", str(self.primary_port)]
             self.procs[name] = Proc(name, args, workdir / f"{name}.log")
@@ -40,7 +31,7 @@ class Topology:
         for n, port in enumerate(self.sentinel_ports):
             conf = workdir / f"sentinel-{n}.conf"
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\n"
+                f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 5000\n"
