@@ -4,6 +4,7 @@ certificate renewed under a running ingest."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import ssl
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from websockets.sync.client import connect
 
+from services.ingest.tls import Certificates
 from services.stack import CT2_DIR, POOL, Proc, Stack, start_ingest, wait_until
 from tests.helpers import finals, run_client
 from tests.platforms import call_frames, encode
@@ -172,3 +174,47 @@ def test_mismatched_or_missing_tls_files_stop_the_ingest_at_start(tmp_path: Path
         proc = Proc("ingest", [*base, "--port", "0", *flags], tmp_path / f"ingest-{time.time_ns()}.log")
         assert proc.popen.wait(30) != 0
         assert says in proc.log
+
+
+async def _served_der(port: int, server_name: str | None) -> bytes:
+    """The certificate a TLS server on ``port`` presents to a client that sends ``server_name``
+    as SNI (None: none, as a client connecting by IP address)."""
+    trust_any = ssl.create_default_context()
+    trust_any.check_hostname, trust_any.verify_mode = False, ssl.CERT_NONE
+    sni = {"server_hostname": server_name} if server_name else {"server_hostname": ""}
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trust_any, **sni)
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return bytes(der)
+
+
+def test_a_renewal_that_does_not_load_leaves_the_old_certificate_serving(tmp_path: Path) -> None:
+    """A renewal half done (a new certificate beside the old key) must not break TLS: handshakes
+    go on with the old pair, and the new one serves once it is whole. Real handshakes on an asyncio
+    TLS server, as the ingest's, with and without SNI."""
+    first, first_key = make_certificate(tmp_path / "made", "first")
+    second, second_key = make_certificate(tmp_path / "made", "second")
+    cert, key = tmp_path / "serving.pem", tmp_path / "serving.key"
+    shutil.copy(first, cert)
+    shutil.copy(first_key, key)
+
+    def der(pem: Path) -> bytes:
+        return ssl.PEM_cert_to_DER_cert(pem.read_text())
+
+    async def scenario() -> None:
+        certificates = Certificates(str(cert), str(key))
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=certificates.context)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            for name in (None, "localhost"):
+                assert await _served_der(port, name) == der(first)
+            shutil.copy(second, cert)  # the new certificate, its key not yet written
+            assert not certificates.reload_if_changed()
+            for name in (None, "localhost"):
+                assert await _served_der(port, name) == der(first)
+            shutil.copy(second_key, key)
+            assert certificates.reload_if_changed()
+            for name in (None, "localhost"):
+                assert await _served_der(port, name) == der(second)
+
+    asyncio.run(scenario())

@@ -20,26 +20,38 @@ class CertificateError(Exception):
 
 
 class Certificates:
+    """The certificate the ingest serves, swapped, never mutated: a renewal is loaded into a new
+    ``SSLContext`` and becomes the one new handshakes use only once it loaded whole. The context
+    given to the server (``context``) holds the first pair and hands each handshake to the current
+    one from its SNI callback (OpenSSL calls it for every ClientHello, with or without SNI)."""
+
     def __init__(self, cert: str, key: str) -> None:
         self.cert, self.key = cert, key
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._stamp = self._files()
-        self._load()
+        self.current = self._load()
+        self.context = self._load()
+        self.context.sni_callback = self._hand_over
 
     def _files(self) -> tuple[int, int]:
         return os.stat(self.cert).st_mtime_ns, os.stat(self.key).st_mtime_ns
 
-    def _load(self) -> None:
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            self.context.load_cert_chain(self.cert, self.key)
+            context.load_cert_chain(self.cert, self.key)
         except (OSError, ssl.SSLError) as exc:
             raise CertificateError(
                 f"cannot load --tls-cert {self.cert} / --tls-key {self.key}: {exc}"
             ) from None
+        return context
+
+    def _hand_over(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = self.current
 
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed since the last load; True if it did. A pair that
-        does not load (a renewal half written) leaves the old certificate in use and is tried again."""
+        does not load (a renewal half written, a key that does not match) leaves the old
+        certificate serving and is tried again at the next check."""
         try:
             stamp = self._files()
         except OSError as exc:
@@ -48,11 +60,11 @@ class Certificates:
         if stamp == self._stamp:
             return False
         try:
-            self._load()
+            renewed = self._load()
         except CertificateError as exc:
             log.warning("%s; keeping the loaded one", exc)
             return False
-        self._stamp = stamp
+        self.current, self._stamp = renewed, stamp
         log.info("certificate reloaded from %s", self.cert)
         return True
 
