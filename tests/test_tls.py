@@ -182,7 +182,8 @@ async def _served_der(port: int, server_name: str | None) -> bytes:
     trust_any = ssl.create_default_context()
     trust_any.check_hostname, trust_any.verify_mode = False, ssl.CERT_NONE
     # An empty server_hostname sends no SNI.
-    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trust_any, server_hostname=server_name or "")
+    sni = server_name or ""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trust_any, server_hostname=sni)
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     writer.close()
     return bytes(der)
