@@ -7,8 +7,11 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import redis.asyncio as redis
+from prometheus_client import Counter
 
 from services.redis_url import client as redis_client
 from services.redis_url import parse_sentinel
@@ -90,3 +93,24 @@ def honour_cancellation() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError()
+
+
+async def supervise(name: str, run: Callable[[], Coroutine[Any, Any, None]], restarts: Counter) -> None:
+    """Run a task that lives beside the sessions (``run`` makes a fresh coroutine each time) until
+    cancelled. Whatever it raises is logged once, counted in ``restarts{task=name}`` and the task
+    started again with backoff (0.5 s doubling to 30 s): a side task never ends its siblings."""
+    backoff = Backoff(first=0.5, cap=30.0)
+    never = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            await run()
+            why = "returned"
+        except Exception as exc:  # the boundary of a side task: anything it meets outside
+            log.exception("%s failed", name)
+            why = f"failed ({type(exc).__name__})"
+        restarts.labels(name).inc()
+        if loop.time() - started > backoff.cap:
+            backoff.reset()  # it had served a while: a new failure, not the same one again
+        await backoff.wait(never, f"{name} {why}")

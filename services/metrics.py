@@ -122,6 +122,13 @@ class IngestMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.task_restarts = Counter(
+            "stt_task_restarts_total",
+            "Side tasks of the ingest (result subscriber, certificate watcher, webhook) that failed "
+            "and were started again",
+            ["task"],
+            registry=registry,
+        )
         self.bytes_received = Counter(
             "stt_audio_received_bytes_total", "PCM bytes received from clients", registry=registry
         )

@@ -68,14 +68,20 @@ class ResultRouter:
                         if message is not None:
                             self._dispatch(message)
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                    self._pubsub = None
-                    self.connected.clear()
-                    self._fail_sessions()
+                    self._lost()
                     await backoff.wait(self._stop, f"result subscriber lost Redis ({exc})")
                 finally:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._lost()  # whatever ended it (its supervisor starts it again): no session waits on it
+            raise
         finally:
             await self._client.aclose()
+
+    def _lost(self) -> None:
+        self._pubsub = None
+        self.connected.clear()
+        self._fail_sessions()
 
     def _fail_sessions(self) -> None:
         if self._queues:

@@ -26,7 +26,7 @@ from services.ingest.results import ResultRouter
 from services.ingest.session import CallSession, ClientGone, Session
 from services.ingest.tls import Certificates
 from services.ingest.webhook import Webhook
-from services.lifecycle import connect_redis, install_stop_signals
+from services.lifecycle import connect_redis, install_stop_signals, supervise
 from services.metrics import IngestMetrics
 from services.protocol import (
     CLOSE_GOING_AWAY,
@@ -93,6 +93,8 @@ class Ingest:
         handshakes. None lets a handshake go on."""
         url = urlsplit(request.path)
         if request.path == "/healthz":
+            if not self.router.connected.is_set():  # no results could reach a session opened now
+                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the result subscriber has lost Redis\n")
             return ws.respond(HTTPStatus.OK, "ok\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             if self.config.web:
@@ -290,9 +292,13 @@ async def run(config: IngestConfig) -> None:
     metrics.serve(registry, config.metrics_port)
     try:
         async with asyncio.TaskGroup() as tasks:
-            routing = tasks.create_task(router.run())
-            renewals = tasks.create_task(certificates.watch()) if certificates else None
-            hooks = tasks.create_task(ingest.webhook.run()) if ingest.webhook else None
+            # Side tasks: each restarted when it fails, never ending the sessions beside it.
+            restarts = ingest.metrics.task_restarts
+            side = [tasks.create_task(supervise("result subscriber", router.run, restarts))]
+            if certificates:
+                side.append(tasks.create_task(supervise("certificate watcher", certificates.watch, restarts)))
+            if ingest.webhook:
+                side.append(tasks.create_task(supervise("webhook", ingest.webhook.run, restarts)))
             # Listen only once results can be received: a session opened earlier would be refused.
             await wait_first(router.connected, stop)
             async with serve(
@@ -315,10 +321,8 @@ async def run(config: IngestConfig) -> None:
                     log.info("ingest %s listening on %s://%s:%d", ingest_id, scheme, host, port)
                 await stop.wait()
                 await drain(server, ingest, config.drain_timeout)
-            routing.cancel()
-            for task in (renewals, hooks):
-                if task is not None:
-                    task.cancel()
+            for task in side:
+                task.cancel()
     finally:
         await client.aclose()
         await ingest.readers.aclose()
