@@ -5,17 +5,29 @@ whisper-base in both backends, and end to end: a session and a telephony call th
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers
 import torch
+from numpy.typing import NDArray
+from scipy.ndimage import median_filter
 
 from services.stack import CT2_DIR, MODEL_DIR, Stack
 from services.transcriber.ct2_model import CTranslate2Model
 from services.transcriber.interface import DEFAULT_CONTEXT_S, Decoding
 from services.transcriber.model import WhisperModel
-from services.transcriber.words import Word, dtw_starts, snap_to_speech, split_words, timed_words
+from services.transcriber.words import (
+    Word,
+    dtw_starts,
+    median_of_7,
+    snap_to_speech,
+    split_words,
+    timed_words,
+    token_steps,
+)
 from tests.helpers import finals, run_client
 from tests.platforms import call_frames, encode, fixture
 from tests.test_calls import read_events, send_call
@@ -53,6 +65,146 @@ def test_boundaries_move_onto_the_pauses_but_not_inside_connected_speech() -> No
     snapped = [(round(w.start, 3), round(w.end, 3)) for w in snap_to_speech(aligned, clip, rate)]
     # No pause between b and c: c's start stays where the alignment put it.
     assert snapped == [(0.3, 0.7), (1.0, 1.35), (1.35, 1.8)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> tokenizers.Tokenizer:
+    """whisper-base's tokenizer, as the CTranslate2 backend loads it."""
+    assert (MODEL_DIR / "tokenizer.json").is_file(), "run `make offline-model` first (make test does)"
+    return tokenizers.Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module", params=["tokenizers", "transformers"])
+def decode(request: pytest.FixtureRequest, tokenizer: tokenizers.Tokenizer) -> Callable[[list[int]], str]:
+    """Each backend's decode: the CTranslate2 backend's (tokenizers), the transformers one's."""
+    if request.param == "tokenizers":
+        return lambda ids: str(tokenizer.decode(ids))
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    return lambda ids: str(loaded.decode(ids))
+
+
+def token_ids(tokenizer: tokenizers.Tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def token_id(tokenizer: tokenizers.Tokenizer, token: str) -> int:
+    found = tokenizer.token_to_id(token)
+    assert found is not None, token
+    return int(found)
+
+
+def test_a_whitespace_only_token_starts_the_next_word_and_no_later_time_shifts(
+    tokenizer: tokenizers.Tokenizer, decode: Callable[[list[int]], str]
+) -> None:
+    big, space, world = (token_id(tokenizer, t) for t in ("Ġbig", "Ġ", "world"))
+    # The decoder can say " big", " ", "world": the space still parts the words.
+    assert split_words(decode, [big, space, world]) == [("big", [big]), ("world", [space, world])]
+    tokens = token_ids(tokenizer, " big  world is")  # " big", " ", " world", " is"
+    assert len(tokens) == 4 and decode(tokens[1:2]) == " "
+    timed = timed_words(split_words(decode, tokens), [0, 10, 20, 30, 40], [0.5, 1.0, 0.9, 0.8], 1.0)
+    # Each word from its own tokens: "is" starts at its token's step (30), not the one before.
+    assert [(w.word, round(w.start, 3), round(w.end, 3)) for w in timed] == [
+        ("big", 0.0, 0.2),
+        ("world", 0.2, 0.6),
+        ("is", 0.6, 0.8),
+    ]
+    assert [round(w.probability, 3) for w in timed] == [0.5, 0.95, 0.8]
+    # After the last word, a space goes with it; nothing but spaces is no word.
+    assert split_words(decode, [big, space]) == [("big", [big, space])]
+    assert split_words(decode, [space, space]) == []
+
+
+def test_a_fragment_that_never_completes_a_character_is_cut_and_the_words_after_it_stay(
+    tokenizer: tokenizers.Tokenizer, decode: Callable[[list[int]], str]
+) -> None:
+    namaste = token_ids(tokenizer, " नमस्ते")
+    fragment = namaste[0]  # " " and the first two of न's three bytes: the next token completes it
+    assert decode([fragment]) == " \ufffd" and decode(namaste[:2]) == " न"
+    tokens = [fragment, *token_ids(tokenizer, " big world")]  # न never completes
+    words = split_words(decode, tokens)
+    assert words == [("\ufffd", [fragment]), ("big", tokens[1:2]), ("world", tokens[2:3])]
+    timed = timed_words(words, [5, 15, 25, 35], [0.2, 0.9, 0.8], 1.0)
+    assert [(w.word, round(w.start, 3), round(w.end, 3)) for w in timed] == [
+        ("\ufffd", 0.1, 0.3),
+        ("big", 0.3, 0.5),
+        ("world", 0.5, 0.7),
+    ]
+    # A letter over tokens still waits for its last byte.
+    whole = token_ids(tokenizer, " नमस्ते world")
+    assert split_words(decode, whole) == [("नमस्ते", whole[:-1]), ("world", whole[-1:])]
+
+
+def test_every_token_of_random_real_token_sequences_lands_in_one_word_in_order(
+    tokenizer: tokenizers.Tokenizer, decode: Callable[[list[int]], str]
+) -> None:
+    rng = np.random.default_rng(15)
+    eot = token_id(tokenizer, "<|endoftext|>")
+    spaces = [token_id(tokenizer, t) for t in ("Ġ", "Ċ", "ĉ")]
+    # Whole words, lone bytes (fragments, mostly), spaces, and Hindi and Japanese text.
+    common = token_ids(tokenizer, " the weather is very hot today, नमस्ते दुनिया 日本語です")
+    kinds = [
+        lambda: int(rng.choice(common)),
+        lambda: int(rng.integers(0, 256)),
+        lambda: int(rng.choice(spaces)),
+        lambda: int(rng.integers(256, eot)),
+    ]
+    for _ in range(200):
+        tokens = [kinds[k]() for k in rng.choice(4, p=[0.4, 0.2, 0.2, 0.2], size=int(rng.integers(1, 30)))]
+        words = split_words(decode, tokens)
+        assert bool(words) == bool(decode(tokens).strip()), tokens
+        if words:
+            assert [t for _, ids in words for t in ids] == tokens, tokens
+        assert all(text for text, _ in words)
+
+
+def reference_dtw(cost: NDArray[np.float64]) -> list[int]:
+    """Dynamic time warping as written down: each cell the cheapest of diagonal, up and left
+    (ties in that order), then back from the bottom-right."""
+    rows, cols = cost.shape
+    total = [[float("inf")] * (cols + 1) for _ in range(rows + 1)]
+    total[0][0] = 0.0
+    for i in range(1, rows + 1):
+        for j in range(1, cols + 1):
+            total[i][j] = float(cost[i - 1, j - 1]) + min(
+                total[i - 1][j - 1], total[i - 1][j], total[i][j - 1]
+            )
+    starts = [cols] * rows
+    i, j = rows, cols
+    while i > 0 and j > 0:
+        starts[i - 1] = j - 1
+        options = [total[i - 1][j - 1], total[i - 1][j], total[i][j - 1]]
+        step = options.index(min(options))
+        i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
+    return starts
+
+
+def test_the_vectorised_warping_takes_the_reference_path_on_random_matrices() -> None:
+    rng = np.random.default_rng(16)
+    shapes = [(1, 1), (1, 9), (9, 1), (3, 3), (7, 40), (40, 7), (25, 300), (0, 4), (4, 0)]
+    for rows, cols in shapes:
+        for _ in range(3):
+            dense = rng.standard_normal((rows, cols))
+            ties = rng.integers(0, 3, (rows, cols)).astype(np.float64)  # many equal paths
+            for cost in (dense, ties):
+                assert dtw_starts(cost) == reference_dtw(cost), (rows, cols)
+
+
+def test_the_median_filter_and_token_steps_match_scipy_and_the_reference() -> None:
+    rng = np.random.default_rng(7)
+    for shape in [(2, 3, 1), (2, 3, 5), (6, 20, 300)]:
+        matrix = rng.standard_normal(shape)
+        expected = median_filter(matrix, size=(1, 1, 7), mode="nearest")
+        assert np.array_equal(median_of_7(matrix), expected)
+        assert np.array_equal(
+            median_of_7(np.round(matrix)), median_filter(np.round(matrix), size=(1, 1, 7), mode="nearest")
+        )
+    weights = rng.random((6, 21, 320)).astype(np.float32)
+    matrix = weights[:, :, :250].astype(np.float64)
+    matrix = (matrix - matrix.mean(axis=1, keepdims=True)) / (matrix.std(axis=1, keepdims=True) + 1e-9)
+    expected_steps = reference_dtw(-median_filter(matrix, size=(1, 1, 7), mode="nearest").mean(axis=0))
+    assert token_steps(weights, 250) == expected_steps
 
 
 @pytest.fixture(scope="module")
