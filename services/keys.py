@@ -53,6 +53,13 @@ def call_events(call: str) -> str:
     return f"{PREFIX}:call:{call}"
 
 
+def call_live(call: str) -> str:
+    """A hash of a call's media streams being served now (stream id -> session), which expires
+    unless their ingests keep refreshing it: how a reader of the call's events knows that a call
+    whose ``done`` never came will not go on (its ingest died)."""
+    return f"{PREFIX}:call-live:{call}"
+
+
 def control_channel(ingest_id: str) -> str:
     """A channel each ingest holds open so its subscriber connection always exists."""
     return f"{PREFIX}:ingest:{ingest_id}"

@@ -37,7 +37,9 @@ ERROR_CODES = (
     "bad_sample_rate",
     "bad_parameter",
     "unknown_call",
+    "call_lost",
     "unknown_model",
+    "unauthorized",
     "no_transcriber",
     "bad_audio",
     "frame_too_big",
@@ -176,11 +178,21 @@ def parse_query(query: str) -> SessionParams:
     return SessionParams(sample_rate, model, partials, encoding, channels, roles, words, _prompt(params))
 
 
-def parse_call_query(query: str) -> SessionParams:
-    """A telephony stream's URL: ``model``, ``partials``, ``words`` and ``prompt`` are ours; any
-    other parameter is the platform's own (Exotel puts its sample rate and custom parameters
-    there) and left to it."""
+# What a telephony stream may set, in its URL or in the platform's custom parameters of ``start``
+# (Twilio's ``<Parameter>``s, Exotel's ``custom_parameters``, Plivo's ``extraHeaders``), by the
+# names of our own query parameters. ``token`` is the API key (admission checks it).
+CALL_PARAMS = ("model", "partials", "words", "prompt", "token")
+
+
+def parse_call_query(query: str, custom: dict[str, str] | None = None) -> SessionParams:
+    """A telephony stream's settings: from its URL's query and from its ``start``'s custom
+    parameters (``custom``, which win: Twilio's stream URL can carry no query string at all).
+    ``model``, ``partials``, ``words`` and ``prompt`` are ours; any other parameter is the
+    platform's own or its user's (Exotel puts its sample rate there) and left to them."""
     params = parse_qs(query, keep_blank_values=True)
+    for name, value in (custom or {}).items():
+        if name in CALL_PARAMS:
+            params[name] = [value]
     model = _last(params, "model") or None
     partials, words = _flag(params, "partials"), _flag(params, "words")
     return SessionParams(model=model, partials=partials, words=words, prompt=_prompt(params))

@@ -46,9 +46,9 @@ def with_call_id(platform: str, call: str) -> dict[str, Any]:
 def send_call(uri: str, frames: list[str], headers: dict[str, str] | None = None) -> tuple[int | None, str]:
     """Send a platform's frames as fast as they go, then wait for the server to close: (code, reason)."""
     with connect(uri, open_timeout=10, additional_headers=headers) as ws:
-        for frame in frames:
-            ws.send(frame)
         try:
+            for frame in frames:  # the server may refuse the call after its start
+                ws.send(frame)
             while True:
                 ws.recv(timeout=120)  # a platform gets nothing back; the server closes when done
         except ConnectionClosed:
@@ -131,9 +131,13 @@ def test_an_exotel_stream_of_pcm_with_basic_auth(base_stack: Stack, speech: Spee
         frames = call_frames(
             "exotel", {"inbound": pcm}, 3200, bytes_per_second=16000, start=start, dtmf_at=2.0
         )
-        with pytest.raises(InvalidStatus) as refused:
-            send_call(f"{uri}/exotel", frames)
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"x:no").decode()}
+        with pytest.raises(InvalidStatus) as refused:  # a wrong key in the request: refused at once
+            send_call(f"{uri}/exotel", frames, wrong)
         assert refused.value.response.status_code == 401
+        # None in the request, none in its custom parameters: refused once start says so.
+        code, reason = send_call(f"{uri}/exotel", frames)
+        assert code == 1008 and "API key" in reason
         basic = {"Authorization": "Basic " + base64.b64encode(b"exotel:s3cret").decode()}
         assert send_call(f"{uri}/exotel", frames, basic) == (1000, "")
         events, _ = read_events(f"{uri}/calls/{call}/events?token=s3cret")
@@ -216,7 +220,7 @@ def twilio_signature(token: str, url: str) -> str:
 def test_twilio_signature_is_checked_when_an_auth_token_is_set(base_stack: Stack, tmp_path: Path) -> None:
     uri, ingest = start_ingest(base_stack.redis_url, POOL, "--twilio-auth-token", "tw-token", logs=tmp_path)
     try:
-        url = f"{uri}/twilio?model={POOL}"
+        url = f"{uri}/twilio"  # Twilio's <Stream url> takes no query string
         for signature, ok in [
             (twilio_signature("tw-token", url), True),
             (twilio_signature("other", url), False),

@@ -49,7 +49,7 @@ def test_exotel_messages_as_documented() -> None:
         "exotel",
         "a1b2c3d4e5f60718293a4b5c6d7e18b2",
         "b5f3c9a2e1d04f6b8a7c",
-        ("inbound",),
+        ("inbound", "outbound"),  # its start names no tracks: media of either may follow
         "linear16",  # Exotel streams 16-bit PCM; its "base64" names the transport
         8000,
         {"queue": "billing"},
@@ -167,7 +167,7 @@ def test_24_khz_pcm_is_resampled_for_the_vad_and_segmented_where_its_speech_is()
 
 def test_a_call_event_names_its_channel_role_track() -> None:
     event = Final("hello", 0, 1.0, 2.0, 0.5, channel=1, role="outbound")
-    assert json.loads(record(event)) == {
+    assert json.loads(record(event, "MZ1")) == {
         "type": "final",
         "text": "hello",
         "segment": 0,
@@ -176,6 +176,7 @@ def test_a_call_event_names_its_channel_role_track() -> None:
         "start": 1.0,
         "end": 2.0,
         "latency": 0.5,
+        "stream": "MZ1",
     }
 
 

@@ -32,8 +32,9 @@ def presented_key(request: Request) -> str | None:
     return tokens[-1] if tokens else None
 
 
-def authorized(request: Request, keys: Iterable[str]) -> bool:
-    key = presented_key(request)
+def key_valid(key: str | None, keys: Iterable[str]) -> bool:
+    """The one check of an API key, however it came (a header, the query, Basic auth, a telephony
+    platform's custom parameter ``token``)."""
     if not key:
         return False
     # Compare against every key in constant time, so timing tells nothing.

@@ -56,7 +56,7 @@ class Call:
                     "tracks": list(start.tracks),
                     "encoding": start.encoding,
                     "sample_rate": start.sample_rate,
-                    "custom": start.custom,
+                    "custom": {k: v for k, v in start.custom.items() if k != "token"},  # never the key
                     "model": model,
                     "session": session_id,
                 },
@@ -95,7 +95,7 @@ class Call:
             raise ProtocolError("bad_message", "media after stop")
         if media.track in tracks:
             channel = tracks.index(media.track)
-        elif not media.track and len(tracks) == 1:
+        elif not media.track and (len(tracks) == 1 or self.start.platform == "exotel"):
             channel = 0
         else:
             raise ProtocolError(
@@ -112,9 +112,13 @@ class Call:
         self.channels.note(CallEvent(kind, {**fields, "at": round(self.channels.position, 3)}))
 
 
-def record(event: ServerEvent) -> str:
-    """An event as its call's event stream keeps it: our event, its channel's role named ``track``."""
+def record(event: ServerEvent, stream: str) -> str:
+    """An event as its call's event stream keeps it: our event, its channel's role named ``track``,
+    and the platform's ``stream`` it belongs to (one call can have several: Twilio's
+    ``<Start>``/``<Stop>``, two ``<Stream>``s), so that segment numbers, ``done`` and the rest are
+    each stream's own."""
     data = json.loads(event.to_json())
     if "role" in data:
         data["track"] = data.pop("role")
+    data["stream"] = stream
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from services.catalog import requested_pool
 from services.config import EnvArgumentParser, add_common_flags, boolean, positive
+from services.ingest.webhook import parse_url
 from services.segmenter import SegmenterConfig
 
 
@@ -39,6 +40,8 @@ class IngestConfig:
     ping_timeout: float
     max_sessions: int
     max_backlog: int
+    pools: frozenset[str]  # pools the deployment runs, maybe at zero transcribers for now
+    pool_start_timeout: float  # how long a session of such a pool waits for its first transcriber
     api_keys: frozenset[str]
     allowed_origins: tuple[str, ...]
     web: bool
@@ -165,6 +168,21 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         type=positive(int),
     )
     parser.env_flag(
+        "--pools",
+        "POOLS",
+        "",
+        "comma-separated pools this deployment runs even while none of their transcribers is up (an "
+        "autoscaler at zero replicas): their sessions are accepted and their segments queued",
+    )
+    parser.env_flag(
+        "--pool-start-timeout",
+        "POOL_START_TIMEOUT",
+        300.0,
+        "seconds a session of a --pools pool with no live transcriber waits for one to come up "
+        "(then: no_transcriber, 1013)",
+        type=positive(float),
+    )
+    parser.env_flag(
         "--api-keys",
         "API_KEYS",
         "",
@@ -257,6 +275,11 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         parser.error("--tls-cert and --tls-key go together")
     if args.webhook_url and not args.webhook_secret:
         parser.error("--webhook-url needs --webhook-secret: receivers must be able to check what they get")
+    if args.webhook_url:
+        try:
+            parse_url(args.webhook_url)
+        except ValueError as exc:
+            parser.error(str(exc))
     segmenter = SegmenterConfig(
         vad_mode=args.vad_mode,
         silence_ms=args.silence_ms,
@@ -295,6 +318,8 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         ping_timeout=args.ping_timeout,
         max_sessions=args.max_sessions,
         max_backlog=args.max_backlog,
+        pools=frozenset(requested_pool(name) for name in args.pools.split(",") if name.strip()),
+        pool_start_timeout=args.pool_start_timeout,
         api_keys=frozenset(api_keys),
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         web=args.web,

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import replace
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -18,7 +19,7 @@ from websockets.typing import Origin
 
 from services import keys, metrics, redis_url
 from services.catalog import requested_pool
-from services.ingest import admission, events, telephony, web
+from services.ingest import admission, events, telephony, web, webhook
 from services.ingest.call import Call
 from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
@@ -71,10 +72,15 @@ class Ingest:
         names = [key.decode()[len(prefix) :] async for key in self.redis.scan_iter(match=keys.ALIVE_PATTERN)]
         return sorted(names)
 
-    async def resolve_model(self, requested: str | None) -> str:
+    async def resolve_model(self, requested: str | None) -> tuple[str, bool]:
+        """The pool a session is served by, and whether it must wait for the pool's first
+        transcriber (a declared pool, ``--pools``, that an autoscaler keeps at zero for now)."""
         name = requested_pool(requested) if requested else self.config.default_model
         if await self.redis.exists(keys.alive_key(name)):
-            return name
+            return name, False
+        if name in self.config.pools:
+            log.info("pool %r has no live transcriber yet; its segments wait for one", name)
+            return name, True
         served = await self.served_models()
         if not served:
             raise ProtocolError(
@@ -83,7 +89,7 @@ class Ingest:
         if requested is None and len(served) == 1:
             # A first run that started the services without --default-model must just work.
             log.info("default model %r is not served; serving %r, the only one served", name, served[0])
-            return served[0]
+            return served[0], False
         raise ProtocolError(
             "unknown_model", f"model {name!r} is not served; served now: {', '.join(served)}", CLOSE_POLICY
         )
@@ -100,7 +106,11 @@ class Ingest:
             if self.config.web:
                 return await web.respond(ws, request, self.served_models, self.config.default_model)
             return ws.respond(HTTPStatus.NOT_FOUND, "not found; connect with a WebSocket client\n")
-        if self.config.api_keys and not admission.authorized(request, self.config.api_keys):
+        key = admission.presented_key(request)
+        # A telephony stream without a key in its request carries it in its start's custom
+        # parameters (Twilio's stream URL takes no query string): checked once start arrives.
+        later = url.path in CALL_PATHS and key is None
+        if self.config.api_keys and not later and not admission.key_valid(key, self.config.api_keys):
             log.warning("refused %s: missing or wrong API key", ws.remote_address)
             self.metrics.sessions_refused.labels("unauthorized").inc()
             return admission.unauthorized(ws)
@@ -167,7 +177,7 @@ class Ingest:
                     ws, self.readers, call, events.start_after(url.query), self.config.idle_timeout
                 )
             elif url.path in CALL_PATHS:
-                await self.handle_call(ws, session_id, CALL_PATHS[url.path], parse_call_query(url.query))
+                await self.handle_call(ws, session_id, CALL_PATHS[url.path])
             else:
                 await self.handle_session(ws, session_id, parse_query(url.query))
         except* ProtocolError as group:
@@ -191,11 +201,20 @@ class Ingest:
             if not self.sessions:
                 self.idle.set()
 
+    def session_config(self, cold: bool) -> IngestConfig:
+        """A session's settings: those of the ingest, but a session that waits for its pool's first
+        transcriber gives its segments that long on top of ``--result-timeout``."""
+        if not cold:
+            return self.config
+        config = self.config
+        return replace(config, result_timeout=config.result_timeout + config.pool_start_timeout)
+
     async def handle_session(self, ws: ServerConnection, session_id: str, params: SessionParams) -> None:
         """Our own protocol: audio frames in, events back on the same socket."""
-        model = await self.resolve_model(params.model)
+        model, cold = await self.resolve_model(params.model)
+        config = self.session_config(cold)
         async with self.router.subscription(session_id) as results:
-            channels = Channels(session_id, model, params, self.config, self.metrics, time.time())
+            channels = Channels(session_id, model, params, config, self.metrics, time.time())
             layout = (params.encoding, params.channels, params.roles, params.words)
             ready = Ready(session_id, model, params.sample_rate, channels.partials, *layout)
             await ws.send(ready.to_json())
@@ -209,18 +228,24 @@ class Ingest:
                 params.channels,
             )
             self.metrics.sessions_opened.labels(model).inc()
-            await Session(ws, channels, self.config, self.redis, results).run()
+            await Session(ws, channels, config, self.redis, results, cold).run()
 
-    async def handle_call(
-        self, ws: ServerConnection, session_id: str, platform: telephony.Platform, params: SessionParams
-    ) -> None:
-        """A telephony platform's media stream: its events go to the call's event stream."""
-        model = await self.resolve_model(params.model)
+    async def handle_call(self, ws: ServerConnection, session_id: str, platform: telephony.Platform) -> None:
+        """A telephony platform's media stream: its events go to the call's event stream. Its
+        settings (and its API key, when the request carried none) come from the stream URL's query
+        and from ``start``'s custom parameters."""
         try:
             async with asyncio.timeout(self.config.idle_timeout):
                 start = await read_start(ws, platform)
         except TimeoutError:
             raise ProtocolError("idle_timeout", f"no start within {self.config.idle_timeout:g} s") from None
+        assert ws.request is not None
+        keys_needed = self.config.api_keys and admission.presented_key(ws.request) is None
+        if keys_needed and not admission.key_valid(start.custom.get("token"), self.config.api_keys):
+            raise ProtocolError("unauthorized", "missing or wrong API key (custom parameter 'token')")
+        params = parse_call_query(urlsplit(ws.request.path).query, start.custom)
+        model, cold = await self.resolve_model(params.model)
+        config = self.session_config(cold)
         async with self.router.subscription(session_id) as results:
             log.info(
                 "session %s: %s call %s, tracks %s, %s at %d Hz, model %s",
@@ -233,8 +258,8 @@ class Ingest:
                 model,
             )
             self.metrics.sessions_opened.labels(model).inc()
-            call = Call(start, session_id, model, params, self.config, self.metrics, time.time())
-            await CallSession(ws, call, self.config, self.redis, results, self.webhook).run()
+            call = Call(start, session_id, model, params, config, self.metrics, time.time())
+            await CallSession(ws, call, config, self.redis, results, cold, self.webhook).run()
 
 
 async def read_start(ws: ServerConnection, platform: telephony.Platform) -> telephony.Start:
@@ -321,6 +346,8 @@ async def run(config: IngestConfig) -> None:
                     log.info("ingest %s listening on %s://%s:%d", ingest_id, scheme, host, port)
                 await stop.wait()
                 await drain(server, ingest, config.drain_timeout)
+            if ingest.webhook is not None:  # the drained sessions' last finals, bounded
+                await ingest.webhook.drain(webhook.DRAIN_S)
             for task in side:
                 task.cancel()
     finally:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any, NoReturn
 
 import redis.asyncio as redis
@@ -47,6 +48,10 @@ log = logging.getLogger("ingest.session")
 
 # Partial requests are cheap to lose: the stream keeps only the newest few hundred.
 PARTIALS_MAXLEN = 200
+# A call's streams mark it live (keys.call_live) this often, for this long.
+CALL_LIVE_EVERY_S = 2.0
+CALL_LIVE_TTL_MS = 10_000
+POOL_POLL_S = 1.0  # how often a session of a pool at zero looks for its first transcriber
 
 
 class ClientGone(Exception):
@@ -61,9 +66,11 @@ class Session:
         config: IngestConfig,
         client: redis.Redis,
         results: asyncio.Queue[bytes],
+        cold: bool = False,
     ) -> None:
         self.ws = ws
         self.core = core
+        self.cold = cold  # its pool had no live transcriber yet (a --pools pool at zero)
         self.id = core.id
         self.config = config
         self.redis = client
@@ -74,9 +81,31 @@ class Session:
     async def run(self) -> None:
         """Until ``done`` is sent; raises ClientGone or ProtocolError if the session ends early."""
         async with asyncio.TaskGroup() as tasks:
-            receiver = tasks.create_task(self._receive())
+            beside = [tasks.create_task(task) for task in (self._receive(), *self._beside())]
             await self._relay()
-            receiver.cancel()
+            for task in beside:
+                task.cancel()
+
+    def _beside(self) -> list[Coroutine[Any, Any, None]]:
+        """Tasks that run beside the receiver while the session lives."""
+        return [self._await_pool()] if self.cold else []
+
+    async def _await_pool(self) -> None:
+        """A pool at zero transcribers: its segments wait in its stream (which an autoscaler reads)
+        until one comes up, for ``--pool-start-timeout`` at most; then the session ends clearly."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.pool_start_timeout
+        while not await self.redis.exists(keys.alive_key(self.core.model)):
+            honour_cancellation()
+            if loop.time() > deadline:
+                raise ProtocolError(
+                    "no_transcriber",
+                    f"no transcriber of pool {self.core.model!r} came up within "
+                    f"{self.config.pool_start_timeout:g} s; try again later",
+                    CLOSE_TRY_AGAIN,
+                )
+            await asyncio.sleep(POOL_POLL_S)
+        log.info("session %s: pool %s is up", self.id, self.core.model)
 
     async def _after_eof(self) -> NoReturn:
         """After end of audio, notice a client that leaves before its results arrive, so
@@ -228,12 +257,16 @@ class CallSession(Session):
         config: IngestConfig,
         client: redis.Redis,
         results: asyncio.Queue[bytes],
+        cold: bool = False,
         webhook: Webhook | None = None,
     ) -> None:
-        super().__init__(ws, call.channels, config, client, results)
+        super().__init__(ws, call.channels, config, client, results, cold)
         self.call = call
         self.webhook = webhook
         self.events = keys.call_events(call.start.call)
+
+    def _beside(self) -> list[Coroutine[Any, Any, None]]:
+        return [*super()._beside(), self._live()]
 
     async def run(self) -> None:
         try:
@@ -245,6 +278,21 @@ class CallSession(Session):
                 await self.record(ErrorEvent(error.code, error.message))
                 await self.record(Done())
             raise
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                await self.redis.hdel(keys.call_live(self.call.start.call), self.call.start.stream)
+
+    async def _live(self) -> None:
+        """Keep the call's live hash naming this stream while it is served (readers of the call's
+        events end once no stream of it is live and no event comes)."""
+        live, stream = keys.call_live(self.call.start.call), self.call.start.stream
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(live, stream, self.id)
+                pipe.pexpire(live, CALL_LIVE_TTL_MS)
+                await pipe.execute()
+            honour_cancellation()
+            await asyncio.sleep(CALL_LIVE_EVERY_S)
 
     def _take(self, message: str | bytes, now: float) -> None:
         check_frame_size(len(message), self.config.max_frame_bytes)
@@ -268,7 +316,7 @@ class CallSession(Session):
 
     async def record(self, event: ServerEvent) -> None:
         """Append ``event`` to the call's event stream, bounded, and keep the stream alive for its TTL."""
-        calls, kept = self.config.calls, record(event)
+        calls, kept = self.config.calls, record(event, self.call.start.stream)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xadd(self.events, {"event": kept}, maxlen=calls.events_maxlen, approximate=True)
             pipe.expire(self.events, round(calls.events_ttl))

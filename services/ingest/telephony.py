@@ -10,10 +10,14 @@ runs a call on them. Written from the platforms' documentation (fixtures in
 - Twilio: camelCase; ``start.mediaFormat`` is ``audio/x-mulaw`` at 8000 Hz; ``media.track`` is
   ``inbound`` or ``outbound``; a ``dtmf`` names its track ``inbound_track``.
 - Exotel: snake_case (``stream_sid``, ``call_sid``, ``media_format``, ``custom_parameters``);
-  16-bit PCM (``raw``/``slin``) at 8, 16 or 24 kHz, or ``audio/x-mulaw`` at 8 kHz; one track
-  unless its frames name theirs.
+  16-bit PCM (``raw``/``slin``) at 8, 16 or 24 kHz, or ``audio/x-mulaw`` at 8 kHz; a ``start``
+  that lists no tracks may be followed by media of both, tagged with theirs (media without a
+  track is the inbound one).
 - Plivo: ``start.callId``/``streamId``, ``mediaFormat`` ``audio/x-l16`` (8/16 kHz) or
-  ``audio/x-mulaw`` (8 kHz); no ``stop``: the call ends when the socket closes.
+  ``audio/x-mulaw`` (8 kHz); ``extra_headers`` (the ``<Stream extraHeaders>``) are its custom
+  parameters; no ``stop``: the call ends when the socket closes.
+- Twilio's stream URL takes no query string: a call's settings and API key come as
+  ``<Parameter>``s, in ``start.customParameters``.
 
 Anything else is refused with a clear ``ProtocolError``: a frame that is not JSON, an unknown
 event, media before ``start`` or on a track ``start`` did not announce, a payload that is not
@@ -38,6 +42,7 @@ RATES = (8000, 16000, 24000)
 # How the platforms name 16-bit PCM (Exotel's stream is PCM whatever its "base64" says).
 PCM_NAMES = ("raw", "slin", "base64", "audio/x-raw", "audio/x-l16", "audio/l16", "linear16")
 MAX_TRACKS = 2
+EXOTEL_TRACKS = ("inbound", "outbound")
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,22 @@ def _tracks(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
     return tracks
 
 
+def _extra_headers(value: Any) -> dict[str, str]:
+    """Plivo's ``extraHeaders`` as its frames carry them: a JSON object, or its text
+    (``"{}"``), or the ``key=value,key=value`` form of the ``<Stream extraHeaders>`` attribute."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pairs = [item.partition("=") for item in value.replace(";", ",").split(",") if item.strip()]
+            if not all(sep for _, sep, _ in pairs):
+                raise _bad(f"extra_headers {value[:60]!r} is neither JSON nor key=value pairs") from None
+            return {key.strip(): val.strip() for key, _, val in pairs}
+    return {str(k): str(v) for k, v in _object(value, "extra_headers").items()}
+
+
 def _call_id(value: str) -> str:
     if not CALL_ID.fullmatch(value):
         raise _bad(f"call id {value[:40]!r} is not 1-128 letters, digits or _.:-")
@@ -193,14 +214,16 @@ def _start(platform: Platform, start: dict[str, Any], message: dict[str, Any]) -
         coding, rate = _format(str(form.get("encoding", "raw")), form.get("sample_rate", 8000), platform)
         call = _text(start, "call_sid")
         stream = _text(start, "stream_sid") if "stream_sid" in start else _text(message, "stream_sid")
-        tracks = _tracks(start.get("tracks"), ("inbound",))
+        # A start that lists no tracks may still be followed by media of both, each tagged with
+        # its track: both get a channel (one that never gets audio makes no transcript).
+        tracks = _tracks(start.get("tracks"), EXOTEL_TRACKS)
         custom = start.get("custom_parameters") or {}
     else:
         form = _object(start.get("mediaFormat"), "start.mediaFormat")
         coding, rate = _format(_text(form, "encoding"), form.get("sampleRate", 8000), platform)
         call, stream = _text(start, "callId"), _text(start, "streamId")
         tracks = _tracks(start.get("tracks"), ("inbound",))
-        custom = {}
+        custom = _extra_headers(message.get("extra_headers", start.get("extra_headers")))
     if not isinstance(custom, dict):
         raise _bad("custom parameters must be an object")
     return Start(
