@@ -203,6 +203,13 @@ class TranscriberMetrics:
             ["model"],
             registry=registry,
         )
+        self.stream_lag = Gauge(
+            "stt_stream_lag",
+            "Entries no consumer has read yet: the consumer group's lag, what KEDA scales on "
+            "(NaN while Redis cannot tell)",
+            ["model"],
+            registry=registry,
+        )
         self.gpu_memory = Gauge("stt_gpu_memory_bytes", "CUDA memory allocated by torch", registry=registry)
         # Export the known model label at 0 from the start, so rates and alerts on rare
         # events (reclaims, dead letters, failures) have a series before the first one.

@@ -5,8 +5,8 @@ pending for longer than ``claim_idle_ms`` (XAUTOCLAIM), else reads new ones
 (XREADGROUP), up to ``max_batch``. Entries of sessions whose client is gone are
 skipped; the rest are transcribed in one batch off the event loop. A result is
 published on its session's channel and only then is the entry acknowledged and
-deleted. An entry delivered more than ``max_attempts`` times goes to the
-dead-letter stream and its session gets an error for that segment.
+the stream trimmed (``ACK_AND_TRIM``). An entry delivered more than ``max_attempts``
+times goes to the dead-letter stream and its session gets an error for that segment.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -39,6 +40,41 @@ PARTIAL_MAX_AGE_S = 1.0
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 
+# Acknowledge entries, then trim the stream to what the group still needs: from its oldest
+# pending entry or, with none pending, from just past its last-delivered-id. One script, so
+# no other consumer's read or acknowledgement comes in between.
+#
+# Never XDEL: on Redis 7.0 a deleted entry at or after the group's last-delivered-id, while
+# an older entry is still in the stream, makes XINFO GROUPS report the group's lag as null
+# (t_stream.c: streamRangeHasTombstones, then streamEstimateDistanceFromFirstEverEntry gives
+# up), and KEDA's lagCount reads that as no backlog. XTRIM only moves the stream's first id
+# and leaves no tombstone, so the lag stays entries-added - entries-read: the entries not yet
+# delivered. Entries acknowledged behind an older pending one stay until that one is done.
+# KEYS[1]: the stream; ARGV[1]: the group; ARGV[2..]: the ids to acknowledge.
+ACK_AND_TRIM = """
+local stream, group = KEYS[1], ARGV[1]
+if redis.call('EXISTS', stream) == 0 then return 0 end
+local acked = redis.call('XACK', stream, group, unpack(ARGV, 2))
+local info
+for _, fields in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local g = {}
+  for i = 1, #fields, 2 do g[fields[i]] = fields[i + 1] end
+  if g['name'] == group then info = g end
+end
+if info == nil then return acked end
+local keep
+if info['pending'] > 0 then
+  keep = redis.call('XPENDING', stream, group)[2]
+else
+  local last = info['last-delivered-id']
+  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+  -- seq + 1 is exact below 2^53 (Lua numbers are doubles); beyond, keep that one entry.
+  keep = (#seq < 16) and (ms .. '-' .. string.format('%d', tonumber(seq) + 1)) or last
+end
+redis.call('XTRIM', stream, 'MINID', keep)
+return acked
+"""
+
 
 async def ensure_group(client: redis.Redis, stream: str) -> None:
     """Create the consumer group (from id 0, so nothing queued earlier is skipped)."""
@@ -63,6 +99,7 @@ class Worker:
         # The streams each round reads, by role; finals first.
         served = [stream for stream in (self.stream, self.partials) if self._serves(stream)]
         self.reads: dict[Any, Any] = dict.fromkeys(served, ">")
+        self.ack_and_trim = client.register_script(ACK_AND_TRIM)
 
     def _serves(self, stream: str) -> bool:
         return self.config.role == "all" or (self.config.role == "partials") == (stream == self.partials)
@@ -110,8 +147,12 @@ class Worker:
                     alive = keys.alive_key(self.config.name)
                     await self.redis.set(alive, self.config.consumer, px=ALIVE_TTL_MS)
                 self.metrics.stream_length.labels(self.config.name).set(await self.redis.xlen(self.stream))
-                summary: Any = await self.redis.xpending(self.stream, keys.GROUP)
-                self.metrics.stream_pending.labels(self.config.name).set(summary["pending"])
+                groups: Any = await self.redis.xinfo_groups(self.stream)
+                for group in groups:
+                    if group["name"] == keys.GROUP.encode():
+                        lag = math.nan if group["lag"] is None else group["lag"]
+                        self.metrics.stream_pending.labels(self.config.name).set(group["pending"])
+                        self.metrics.stream_lag.labels(self.config.name).set(lag)
             if self.config.device == "cuda" and self.config.backend == "transformers":
                 import torch  # loaded already by the transformers backend
 
@@ -235,8 +276,7 @@ class Worker:
                 pipe.publish(keys.result_channel(job.session), error.to_json())
             except ValueError:
                 pass  # malformed: nobody to tell
-            pipe.xack(self.stream, keys.GROUP, entry_id)
-            pipe.xdel(self.stream, entry_id)
+            await self.ack_and_trim([self.stream], [keys.GROUP, entry_id], client=pipe)
             await pipe.execute()
 
     async def _process(self, raw: list[RawEntry]) -> None:
@@ -263,14 +303,13 @@ class Worker:
         return await asyncio.to_thread(transcribe, self.model, entries, self.metrics)
 
     async def _finish(self, stream: str, results: dict[bytes, SegmentResult], done: list[bytes]) -> None:
-        """Publish the results, then acknowledge and delete the entries that are done."""
+        """Publish the results, then acknowledge the entries that are done and trim the stream."""
         if not done:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             for result in results.values():
                 pipe.publish(keys.result_channel(result.session), result.to_json())
-            pipe.xack(stream, keys.GROUP, *done)
-            pipe.xdel(stream, *done)
+            await self.ack_and_trim([stream], [keys.GROUP, *done], client=pipe)
             await pipe.execute()
 
     async def _listening(self, sessions: set[str]) -> set[str]:
