@@ -1,7 +1,7 @@
 """An instant transcriber for benchmarking the ingest alone: the real consume loop, no model.
 
 It is ``services.transcriber.worker`` (consumer group, XREADGROUP, listening check, PUBLISH,
-XACK + XDEL) with a model that answers every segment at once with the same short text, so
+XACK + XTRIM) with a model that answers every segment at once with the same short text, so
 whatever latency remains is the pipeline's: WebSocket, VAD, Redis streams, pub/sub, relay.
 
     .venv/bin/python -m bench.echo_worker --redis-url redis://127.0.0.1:6379/0 --serve-as whisper-base

@@ -11,6 +11,7 @@ whenever the newest delivered entry was deleted while an older one was still pen
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import time
@@ -21,8 +22,10 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from services import keys
+from services.ingest.backlog import waiting
 from services.protocol import SegmentJob
 from services.stack import Stack, counter, free_port, wait_until
 
@@ -144,3 +147,29 @@ def test_lag_stays_valid_and_exact_while_three_transcribers_drain_a_backlog(
         assert group["lag"] == 0 and group["pending"] == 0
         dead: Any = client.xrange(keys.dead_letter_stream(POOL))
         assert len(dead) == 1 and dead[0][1][b"entry"] == b"%d-%d" % added[MALFORMED_AT]
+
+
+def test_what_waits_counts_pending_and_unread_not_what_the_trim_still_holds(tmp_path: Path) -> None:
+    """Admission and eager endpointing read ``backlog.waiting``: with acknowledged entries held
+    behind an older pending one (the trim keeps them), the stream's length says more."""
+    stack = Stack(tmp_path)
+    stream = keys.segment_stream(POOL)
+    try:
+        with redis.Redis.from_url(stack.redis_url) as client:
+            assert asyncio.run(_waiting(stack.redis_url, stream)) == 0  # no stream yet
+            client.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+            ids = [client.xadd(stream, job(n)) for n in range(6)]
+            client.xreadgroup(keys.GROUP, "c1", {stream: ">"}, count=4)
+            client.xack(stream, keys.GROUP, *ids[1:4])  # the oldest (ids[0]) is still being transcribed
+            assert client.xlen(stream) == 6
+            assert asyncio.run(_waiting(stack.redis_url, stream)) == 1 + 2  # pending + unread
+    finally:
+        stack.stop()
+
+
+async def _waiting(url: str, stream: str) -> int:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return await waiting(client, stream)
+    finally:
+        await client.aclose()

@@ -20,6 +20,7 @@ from websockets.typing import Origin
 from services import keys, metrics, redis_url
 from services.catalog import requested_pool
 from services.ingest import admission, events, telephony, web, webhook
+from services.ingest.backlog import waiting
 from services.ingest.call import Call
 from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
@@ -131,7 +132,7 @@ class Ingest:
             return None  # the session reports it with an error event
         name = requested_pool(params.model) if params.model else self.config.default_model
         try:
-            backlog = await self.redis.xlen(keys.segment_stream(name))
+            backlog = await waiting(self.redis, keys.segment_stream(name))
         except redis.RedisError as exc:
             log.error("refused %s: Redis failed: %s", ws.remote_address, exc)
             self.metrics.sessions_refused.labels("backend_unavailable").inc()

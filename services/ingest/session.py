@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from services import keys
 from services.ingest import telephony
+from services.ingest.backlog import waiting
 from services.ingest.call import Call, record
 from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
@@ -169,7 +170,7 @@ class Session:
         for channel in self.core.cores:
             if channel.tentative is None:
                 continue
-            backlog = await self.redis.xlen(self.stream)
+            backlog = await waiting(self.redis, self.stream)
             honour_cancellation()
             if backlog > self.config.eager_max_backlog:
                 channel.decline_guess()
