@@ -210,6 +210,12 @@ class TranscriberMetrics:
             ["model"],
             registry=registry,
         )
+        self.task_restarts = Counter(
+            "stt_task_restarts_total",
+            "Side tasks of the transcriber (heartbeat) that failed and were started again",
+            ["task"],
+            registry=registry,
+        )
         self.gpu_memory = Gauge("stt_gpu_memory_bytes", "CUDA memory allocated by torch", registry=registry)
         # Export the known model label at 0 from the start, so rates and alerts on rare
         # events (reclaims, dead letters, failures) have a series before the first one.

@@ -241,7 +241,7 @@ def parse_text(text: str) -> ClientMessage:
         return Eof()
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep: RecursionError, not ValueError
         raise ProtocolError("bad_message", f"text frame is not JSON: {text[:60]!r}") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_message", "text frame must be a JSON object")
@@ -512,5 +512,5 @@ class SegmentResult:
                 words=_words(data.get("words", [])),
                 confidence=None if data.get("confidence") is None else float(data["confidence"]),
             )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
             raise ValueError(f"malformed result message: {exc!r}") from None

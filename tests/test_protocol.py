@@ -120,3 +120,10 @@ def test_events_carry_their_channel_and_its_role() -> None:
     )
     ready = Ready("s", "swift", 8000, False, "mulaw", 2, ("agent", "customer")).to_json()
     assert '"encoding":"mulaw","channels":2,"roles":["agent","customer"]' in ready
+
+
+def test_a_text_frame_nested_too_deep_is_a_bad_message_not_a_crash() -> None:
+    """json.loads raises RecursionError (not ValueError) for a frame nested 100,000 deep."""
+    with pytest.raises(ProtocolError) as refused:
+        parse_text("[" * 100_000)
+    assert refused.value.code == "bad_message"

@@ -192,3 +192,12 @@ def test_the_length_limit_on_one_track_ends_the_whole_call() -> None:
         call.message(Media("inbound", silence(0.02, 8000)), 0.0)
     assert all(core.eof for core in call.channels.cores)  # both channels ended, so the call can finish
     assert call.channels.finished and call.channels.ending is not None
+
+
+@pytest.mark.parametrize("platform", ["twilio", "exotel", "plivo"])
+def test_json_nested_too_deep_is_a_bad_message_not_a_crash(platform: str) -> None:
+    """Found hunting defect 1's class (an outside read that catches less than the library raises):
+    json.loads raises RecursionError, not ValueError, for a frame nested 100,000 deep."""
+    with pytest.raises(ProtocolError) as refused:
+        parse(platform, "[" * 100_000)
+    assert refused.value.code == "bad_message"

@@ -177,7 +177,7 @@ def parse(platform: Platform, text: str | bytes) -> Message:
         raise _bad("telephony streams send JSON text frames, not binary ones")
     try:
         message = _object(json.loads(text), "a frame")
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep: RecursionError, not ValueError
         raise _bad(f"frame is not JSON: {text[:60]!r}") from None
     event = message.get("event")
     if event == "connected":

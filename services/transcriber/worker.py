@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from services import keys, metrics
-from services.lifecycle import Backoff, connect_redis, install_stop_signals
+from services.lifecycle import Backoff, connect_redis, install_stop_signals, supervise
 from services.metrics import TranscriberMetrics
 from services.protocol import SegmentJob, SegmentResult
 from services.transcriber.batch import Entry, transcribe
@@ -107,7 +107,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_groups()
         async with asyncio.TaskGroup() as tasks:
-            heartbeat = tasks.create_task(self._heartbeat())
+            # Beside the consume loop: restarted when it fails, never ending the loop.
+            heartbeat = tasks.create_task(supervise("heartbeat", self._heartbeat, self.metrics.task_restarts))
             log.info(
                 "consumer %s serving %r (%s) from %s",
                 self.config.consumer,
