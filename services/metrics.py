@@ -104,6 +104,15 @@ class IngestMetrics:
         self.segments_dropped = Counter(
             "stt_segments_dropped_total", "VAD segments never sent to a model", ["reason"], registry=registry
         )
+        self.speech_level = Histogram(
+            "stt_speech_peak_dbfs",
+            "Peak level of each speech segment sent to a model (dBFS; 0 is full scale)",
+            buckets=(-60, -50, -45, -40, -35, -30, -25, -20, -15, -10, -6, -3, -1, 0),
+            registry=registry,
+        )
+        self.warnings = Counter(
+            "stt_warnings_total", "Warning events sent (quiet or clipped audio)", ["code"], registry=registry
+        )
         self.eager_guesses = Counter(
             "stt_eager_guesses_total",
             "Eager endpointing: guesses queued, confirmed as finals, and wasted (speech resumed)",
@@ -138,7 +147,7 @@ class IngestMetrics:
             self.sessions_refused.labels(code)
         for reason in ADMISSION_REFUSALS:
             self.sessions_refused.labels(reason)
-        for reason in ("too_short", "noise"):
+        for reason in ("too_short", "noise", "no_speech"):
             self.segments_dropped.labels(reason)
         for outcome in ("delivered", "failed", "dropped"):
             self.webhook_deliveries.labels(outcome)

@@ -358,6 +358,27 @@ class ErrorEvent:
         return _dump(out)
 
 
+# Every ``code`` a warning event can carry: the audio reaches the model, but may be heard badly.
+WARNING_CODES = ("quiet_audio", "clipped_audio")
+
+
+@dataclass(frozen=True)
+class WarningEvent:
+    """The channel's audio is transcribed, but may be heard badly: its speech peaks low
+    (``quiet_audio``) or it reaches full scale (``clipped_audio``). Once per code and channel."""
+
+    code: str
+    message: str
+    level_dbfs: float  # the peak of the segment that showed it
+    channel: int = 0
+    role: str | None = None
+    type: Literal["warning"] = "warning"
+
+    def to_json(self) -> str:
+        out = {"type": self.type, "code": self.code, "message": self.message, "level_dbfs": self.level_dbfs}
+        return _dump(out | _channel(self.channel, self.role))
+
+
 @dataclass(frozen=True)
 class Done:
     type: Literal["done"] = "done"
@@ -378,7 +399,7 @@ class CallEvent:
         return _dump({"type": self.type, **self.fields})
 
 
-ServerEvent = Ready | Partial | Final | ErrorEvent | Done | CallEvent
+ServerEvent = Ready | Partial | Final | ErrorEvent | WarningEvent | Done | CallEvent
 
 
 # --- ingest -> transcriber: one stream entry per segment ---------------------

@@ -10,7 +10,9 @@ the pause is still being confirmed (eager endpointing; its ``Segment`` follows
 with the same bounds, or, if speech resumes, with others).
 Segments with less than ``min_speech_ms`` of voiced frames are dropped
 (``Dropped``), and so are those whose voiced frames are spectrally flat
-(WebRTC VAD calls loud white noise speech): blips and noise never reach the model.
+(WebRTC VAD calls loud white noise speech) and those in which a second, level-robust detector
+hears no speech (``services.voice``): blips and noise never reach the model. WebRTC VAD hears
+each frame lifted to a normal level, so quiet talkers are heard too.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ import webrtcvad
 
 from services.audio import spectral_flatness
 from services.protocol import SAMPLE_RATES
+from services.voice import LevelledVad, SpeechConfirmer, clipped_share, for_model, peak_db
 
 VadFn = Callable[[bytes], bool]
+# Seconds of speech a second detector hears in a stretch of PCM.
+ConfirmFn = Callable[[bytes], float]
+# Speech the second detector must hear in a segment for it to reach the model: two of its windows.
+CONFIRMED_S = 0.064
 # Why a segment closed: its pause, its length limit, end of audio, or the client asked (finalize).
 Reason = Literal["silence", "max_length", "eof", "finalize"]
 # A segment ends once no more than this share of the trailing silence window is voiced,
@@ -58,6 +65,8 @@ class SegmenterConfig:
     cut_search_ms: int = 5_000
     max_flatness: float = 0.5
     eager_ms: int = 0  # 0: no Tentative events (the ingest turns them on: --eager-ms)
+    level_gain: bool = True  # WebRTC VAD hears frames lifted to a normal level (services.voice)
+    confirm_speech: bool = True  # Silero must hear speech in a segment (services.voice)
 
     def check(self) -> None:
         """Raise ValueError with one clear sentence if a value cannot work."""
@@ -82,7 +91,8 @@ class SegmenterConfig:
 
 @dataclass(frozen=True)
 class Segment:
-    """Speech to transcribe. Times are seconds from the start of the stream."""
+    """Speech to transcribe. Times are seconds from the start of the stream; ``peak_db`` its
+    peak level (dBFS), ``clipped`` the share of its samples at full scale."""
 
     pcm: bytes
     start: float
@@ -90,17 +100,22 @@ class Segment:
     speech_end: float
     voiced: float
     reason: Reason
+    peak_db: float = 0.0
+    clipped: float = 0.0
 
 
 @dataclass(frozen=True)
 class Dropped:
     """A stretch that started like speech but was not: too little of it voiced
-    (``too_short``), or its voiced frames have the flat spectrum of noise (``noise``)."""
+    (``too_short``), its voiced frames have the flat spectrum of noise (``noise``), or the
+    second detector heard no speech in it (``no_speech``: hum, noise the lifted VAD took for
+    speech)."""
 
     start: float
     end: float
     voiced: float
-    reason: Literal["too_short", "noise"]
+    reason: Literal["too_short", "noise", "no_speech"]
+    peak_db: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,14 +130,26 @@ Event = Segment | Dropped | Tentative
 
 
 class Segmenter:
-    def __init__(self, rate: int, config: SegmenterConfig, vad: VadFn | None = None) -> None:
+    def __init__(
+        self, rate: int, config: SegmenterConfig, vad: VadFn | None = None, confirm: ConfirmFn | None = None
+    ) -> None:
+        """``vad`` and ``confirm`` replace the detectors (tests give deterministic ones); by
+        default WebRTC VAD (lifted to a normal level) and Silero, as ``config`` turns them on."""
         if rate not in SAMPLE_RATES:
             raise ValueError(f"unsupported sample rate {rate}")
         config.check()
         self.rate = rate
         self.config = config
         self._frame_bytes = rate * config.frame_ms // 1000 * 2
-        self._vad = vad or webrtc_vad(rate, config.vad_mode)
+        if vad is None:
+            vad = webrtc_vad(rate, config.vad_mode)
+            if config.level_gain:
+                vad = LevelledVad(vad, config.frame_ms)
+            if config.confirm_speech and confirm is None:
+                confirm = SpeechConfirmer(rate)
+        self._vad = vad
+        self._confirm = confirm
+        self._confirmed: tuple[tuple[int, int], float] | None = None  # the last answer, by frames
         n = self._frames
         self._start_frames = n(config.start_ms)
         self._pre_frames = n(config.pre_roll_ms)
@@ -169,7 +196,8 @@ class Segmenter:
         """Start time and audio so far of the segment being spoken (``b""`` when none)."""
         if self._speech is None:
             return self.position, b""
-        return self._seconds(self._speech_first), b"".join(f for f, _ in self._speech)
+        pcm = b"".join(f for f, _ in self._speech)
+        return self._seconds(self._speech_first), for_model(pcm) if self.config.level_gain else pcm
 
     @property
     def held_bytes(self) -> int:
@@ -283,15 +311,30 @@ class Segmenter:
         voiced = sum(voiced_flags)
         last_voiced = max((i for i, v in enumerate(voiced_flags) if v), default=-1)
         start, end = self._seconds(first), self._seconds(first + len(frames))
+        pcm = b"".join(f for f, _ in frames)
+        samples = np.frombuffer(pcm, "<i2")
+        level = peak_db(samples)
         if voiced < self._min_voiced:
-            return Dropped(start, end, self._seconds(voiced), "too_short")
+            return Dropped(start, end, self._seconds(voiced), "too_short", level)
         if spectral_flatness(b"".join(f for f, v in frames if v), self.rate) > self.config.max_flatness:
-            return Dropped(start, end, self._seconds(voiced), "noise")
+            return Dropped(start, end, self._seconds(voiced), "noise", level)
+        if self._confirm is not None and self._speech_heard((first, len(frames)), pcm) < CONFIRMED_S:
+            return Dropped(start, end, self._seconds(voiced), "no_speech", level)
         return Segment(
-            pcm=b"".join(f for f, _ in frames),
+            pcm=for_model(pcm) if self.config.level_gain else pcm,
             start=start,
             end=end,
             speech_end=self._seconds(first + last_voiced + 1),
             voiced=self._seconds(voiced),
             reason=reason,
+            peak_db=level,
+            clipped=clipped_share(samples),
         )
+
+    def _speech_heard(self, frames: tuple[int, int], pcm: bytes) -> float:
+        """The second detector's answer for these frames (asked once: an eager guess and the
+        segment that confirms it are the same frames)."""
+        assert self._confirm is not None
+        if self._confirmed is None or self._confirmed[0] != frames:
+            self._confirmed = (frames, self._confirm(pcm))
+        return self._confirmed[1]

@@ -140,12 +140,13 @@ def test_silence_alone_gives_no_event() -> None:
 
 @pytest.mark.parametrize("amplitude", [300, 3000])
 def test_white_noise_gives_no_segment(amplitude: int) -> None:
-    """Quiet hiss never looks like speech; loud noise does to WebRTC VAD, and is dropped as noise."""
+    """Hiss never reaches the model: loud noise looks like speech to WebRTC VAD and is dropped as
+    noise; quiet hiss, lifted to a normal level, is dropped as noise or because Silero hears none."""
     rng = np.random.default_rng(1)
     noise = (rng.standard_normal(16000 * 5) * amplitude).astype("<i2").tobytes()
     events = feed_all(Segmenter(16000, SegmenterConfig()), noise, 320)
     assert not [e for e in events if isinstance(e, Segment)]
-    assert all(e.reason == "noise" for e in events if isinstance(e, Dropped))
+    assert all(e.reason in ("too_short", "noise", "no_speech") for e in events if isinstance(e, Dropped))
 
 
 @pytest.mark.parametrize("rate", SAMPLE_RATES)

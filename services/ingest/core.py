@@ -40,6 +40,7 @@ from services.protocol import (
     SegmentJob,
     SegmentResult,
     ServerEvent,
+    WarningEvent,
 )
 from services.segmenter import Dropped, Event, Segment, Segmenter, Tentative, VadFn
 
@@ -48,6 +49,10 @@ log = logging.getLogger("ingest.session")
 # No partial request while the speaker pauses this long: the segment may be about to end, and a
 # partial still running then would hold its final back. It resumes with speech.
 PARTIAL_PAUSE_S = 0.15
+# A channel is warned once its speech peaks below this (dBFS): heard, but less reliably...
+QUIET_DB = -40.0
+# ...or once more than this share of a segment's samples sit at full scale: clipped on the way in.
+CLIPPED_SHARE = 0.001
 
 
 class SessionCore:
@@ -87,6 +92,7 @@ class SessionCore:
         self._timings: dict[int, dict[str, float]] = {}  # transcriber timings of finals not yet sent
         self._jobs: list[SegmentJob] = []
         self._events: list[ServerEvent] = []
+        self._warned: set[str] = set()  # warning codes sent on this channel
 
     # --- outputs ---------------------------------------------------------------------------------
 
@@ -197,6 +203,31 @@ class SessionCore:
 
     # --- decisions -------------------------------------------------------------------------------
 
+    def _check_level(self, segment: Segment) -> None:
+        """Observe the segment's level; warn (once per kind) when it is too quiet or clipped to
+        be heard well. The segment is transcribed either way."""
+        self.metrics.speech_level.observe(max(segment.peak_db, -120.0))
+        if segment.peak_db < QUIET_DB and "quiet_audio" not in self._warned:
+            self._warn(
+                "quiet_audio",
+                f"speech peaks at {segment.peak_db:.0f} dBFS: it is transcribed, but raise the input gain "
+                f"(normal speech peaks near -20 to -6 dBFS)",
+                segment.peak_db,
+            )
+        if segment.clipped > CLIPPED_SHARE and "clipped_audio" not in self._warned:
+            self._warn(
+                "clipped_audio",
+                f"{segment.clipped:.1%} of the samples are at full scale: the input is clipped; "
+                "lower its gain",
+                segment.peak_db,
+            )
+
+    def _warn(self, code: str, message: str, level: float) -> None:
+        self._warned.add(code)
+        self.metrics.warnings.labels(code).inc()
+        log.info("session %s channel %d warned: %s (%s)", self.id, self.channel, code, message)
+        self._events.append(WarningEvent(code, message, round(level, 1), self.channel, self.role))
+
     def _segmenter_event(self, event: Event, now: float) -> None:
         if isinstance(event, Tentative):
             self.tentative = event.segment
@@ -209,7 +240,15 @@ class SessionCore:
 
     def _dropped(self, event: Dropped, now: float) -> None:
         self.eager.abandon()
-        log.debug("session %s dropped %.2f-%.2f s (%s)", self.id, event.start, event.end, event.reason)
+        log.debug(
+            "session %s dropped %.2f-%.2f s (%s, %.2f s voiced, peak %.1f dBFS)",
+            self.id,
+            event.start,
+            event.end,
+            event.reason,
+            event.voiced,
+            event.peak_db,
+        )
         self.metrics.segments_dropped.labels(event.reason).inc()
         if self.ledger.had_partial(self.ledger.next_number):
             # The client saw partials of it: the number is used, and its final is empty.
@@ -218,6 +257,7 @@ class SessionCore:
 
     def _segment(self, event: Segment, now: float) -> None:
         self.metrics.vad_hangover.labels(self.model).observe(self.segmenter.position - event.speech_end)
+        self._check_level(event)
         number = self.ledger.add(event.start, event.end, now, now)
         guess = self.eager.close(number, event)
         if guess is None:
