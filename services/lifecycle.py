@@ -14,7 +14,7 @@ import redis.asyncio as redis
 from prometheus_client import Counter
 
 from services.redis_url import client as redis_client
-from services.redis_url import parse_sentinel
+from services.redis_url import parse_sentinel, redacted
 
 log = logging.getLogger("lifecycle")
 
@@ -61,8 +61,8 @@ async def connect_redis(url: str, stop: asyncio.Event, max_wait: float = 30.0) -
         except (redis.ConnectionError, OSError) as exc:
             if stop.is_set() or asyncio.get_running_loop().time() + backoff.delay > deadline:
                 await client.aclose()
-                raise redis.ConnectionError(f"Redis at {url} is unreachable: {exc}") from None
-            await backoff.wait(stop, f"Redis at {url} not reachable yet ({exc})")
+                raise redis.ConnectionError(f"Redis at {redacted(url)} is unreachable: {exc}") from None
+            await backoff.wait(stop, f"Redis at {redacted(url)} not reachable yet ({exc})")
 
 
 class Backoff:

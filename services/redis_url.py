@@ -92,7 +92,7 @@ def parse_sentinel(url: str) -> SentinelURL | None:
     hosts = tuple(_host_port(url, item.strip()) for item in hostlist.split(","))
     path = [p for p in path_part.split("/") if p] if slash else []
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError(f"{_redacted(url)}: the path must be /service_name or /service_name/db")
+        raise ValueError(f"{redacted(url)}: the path must be /service_name or /service_name/db")
     options = _options(url, query, tls)
     return SentinelURL(
         hosts=hosts,
@@ -111,7 +111,7 @@ def _host_port(url: str, item: str) -> tuple[str, int]:
     match = _HOST_PORT.match(item)
     port = int(match["port"]) if match else 0
     if match is None or not 0 < port < 65536:
-        raise ValueError(f"{_redacted(url)}: each Sentinel must be host:port (IPv6: [address]:port)")
+        raise ValueError(f"{redacted(url)}: each Sentinel must be host:port (IPv6: [address]:port)")
     return match["v6"] or match["host"], port
 
 
@@ -121,22 +121,22 @@ def _options(url: str, query: str, tls: bool) -> dict[str, str | bool]:
     try:
         parsed = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise ValueError(f"{_redacted(url)}: the options must be name=value&name=value") from None
+        raise ValueError(f"{redacted(url)}: the options must be name=value&name=value") from None
     for name, values in parsed.items():
         if name not in known:
-            raise ValueError(f"{_redacted(url)}: unknown option {name!r} (known: {', '.join(known)})")
+            raise ValueError(f"{redacted(url)}: unknown option {name!r} (known: {', '.join(known)})")
         if len(values) > 1:
-            raise ValueError(f"{_redacted(url)}: option {name!r} given {len(values)} times")
+            raise ValueError(f"{redacted(url)}: option {name!r} given {len(values)} times")
         if name in TLS_OPTIONS and not tls:
-            raise ValueError(f"{_redacted(url)}: {name} needs TLS ({TLS_SCHEME}://)")
+            raise ValueError(f"{redacted(url)}: {name} needs TLS ({TLS_SCHEME}://)")
         options[name] = values[0]
     reqs = options.get("ssl_cert_reqs")
     if reqs is not None and reqs not in CERT_REQS:
-        raise ValueError(f"{_redacted(url)}: ssl_cert_reqs must be one of {', '.join(CERT_REQS)}")
+        raise ValueError(f"{redacted(url)}: ssl_cert_reqs must be one of {', '.join(CERT_REQS)}")
     check = options.get("ssl_check_hostname")
     if check is not None:
         if check not in ("true", "false"):
-            raise ValueError(f"{_redacted(url)}: ssl_check_hostname must be true or false")
+            raise ValueError(f"{redacted(url)}: ssl_check_hostname must be true or false")
         options["ssl_check_hostname"] = check == "true"
     return options
 
@@ -145,7 +145,7 @@ def _text(value: str | bool | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its credentials or options, fit for an error message."""
     scheme, _, rest = url.partition("://")
     rest = rest.partition("#")[0].partition("?")[0]

@@ -521,3 +521,13 @@ def test_the_pod_monitor_reaches_every_pod_that_serves_metrics() -> None:
     for name in serving:
         labels = named(docs, "Deployment")[name]["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= labels.items(), name
+
+
+def test_the_ingest_serves_every_pool_of_the_chart_even_at_zero_transcribers() -> None:
+    """Defect 4: prime's KEDA minReplicas is 0; the ingest must accept and queue its sessions, so
+    that the backlog KEDA reads can start the first transcriber (tests/test_pools.py runs it)."""
+    docs = render("default")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pools = [pool["name"] for pool in values["pools"]]
+    assert any(pool["minReplicas"] == 0 for pool in values["pools"])
+    assert env(named(docs, "Deployment")["rel-ingest"])["POOLS"].split(",") == pools

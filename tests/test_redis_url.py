@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from services.lifecycle import connect_redis
 from services.redis_url import client, parse_sentinel
 from services.stack import ROOT, Proc, free_port, port_open, wait_until
 from tests.test_helm import keda_auth, render_with, script_settings, secret
@@ -376,3 +377,17 @@ def test_the_bundled_sentinels_require_the_password_keda_and_the_services_send(p
         "rel-sentinel-0.rel-sentinel-headless:26379", f"localhost:{bundled.sentinel_ports[0]}"
     )
     assert roundtrip(url) == "default"
+
+
+def test_an_unreachable_redis_is_reported_without_its_password() -> None:
+    """Same class as defect 8, found by looking: the start-up error named the URL whole."""
+
+    async def attempt() -> str:
+        try:
+            await connect_redis(f"redis://:s3cr3t@127.0.0.1:{free_port()}/0", asyncio.Event(), max_wait=0.2)
+        except redis.ConnectionError as error:
+            return str(error)
+        return "connected"
+
+    message = asyncio.run(attempt())
+    assert "unreachable" in message and "s3cr3t" not in message

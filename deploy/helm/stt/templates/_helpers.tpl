@@ -138,3 +138,10 @@ prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
 {{- end }}
+
+{{/* The chart's pool names, comma-separated: the ingest's POOLS. */}}
+{{- define "stt.poolNames" -}}
+{{- $names := list -}}
+{{- range .Values.pools }}{{ $names = append $names .name }}{{ end -}}
+{{- join "," $names -}}
+{{- end -}}
