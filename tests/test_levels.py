@@ -20,33 +20,13 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 from services.segmenter import Dropped, Segment, Segmenter, SegmenterConfig
-from services.stack import POOL, ROOT, Stack, counter, free_port, start_ingest
+from services.stack import POOL, Stack, counter, free_port, start_ingest
 from services.voice import LevelledVad, SpeechConfirmer, clipped_share, peak_db
 from tests.helpers import finals, run_client
+from tools.levels import RATE, REAL, at_peak, noises, pcm16, real_clip
 from tools.speech import Speech, wer
 
-REAL = sorted((ROOT / "audio" / "oriserve-examples").glob("*.wav"))
 LEVELS = (-50.0, -40.0, -30.0)
-RATE = 16000
-
-
-def at_peak(samples: NDArray[np.floating], level: float | None) -> NDArray[np.floating]:
-    """``samples`` scaled to peak at ``level`` dBFS; None: clipped, driven 6 dB over full scale."""
-    peak = float(np.abs(samples).max())
-    gain = 10 ** ((6 if level is None else level) / 20) / peak
-    scaled: NDArray[np.floating] = np.clip(samples * gain, -1, 1)
-    return scaled
-
-
-def pcm16(samples: NDArray[np.floating]) -> bytes:
-    return bytes(np.round(np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-
-
-def real_clip(path: Path) -> NDArray[np.float64]:
-    samples, rate = sf.read(path)
-    assert rate == RATE
-    pad = np.zeros(RATE // 2)
-    return np.concatenate([pad, samples, pad])
 
 
 def segments(pcm: bytes, rate: int = RATE) -> tuple[list[Segment], list[Dropped]]:
@@ -58,26 +38,11 @@ def segments(pcm: bytes, rate: int = RATE) -> tuple[list[Segment], list[Dropped]
 @pytest.mark.parametrize("level", [*LEVELS, None], ids=["-50dBFS", "-40dBFS", "-30dBFS", "clipped"])
 @pytest.mark.parametrize("clip", REAL, ids=lambda p: p.name[:8])
 def test_real_speech_at_any_level_is_heard_as_at_its_own(clip: Path, level: float | None) -> None:
-    samples = real_clip(clip)
+    samples = real_clip(REAL.index(clip))
     (normal,), _ = segments(pcm16(samples))
     found, _ = segments(pcm16(at_peak(samples, level)))
     assert found, "no segment"
     assert sum(s.voiced for s in found) >= 0.5 * normal.voiced
-
-
-def noises() -> dict[str, NDArray[np.floating]]:
-    rng = np.random.default_rng(7)
-    n = RATE * 6
-    t = np.arange(n) / RATE
-    brown = np.cumsum(rng.standard_normal(n))
-    shapes = {
-        "white": rng.standard_normal(n),
-        "pink": brown - np.convolve(brown, np.ones(400) / 400, "same"),
-        "hum50": sum(np.sin(2 * np.pi * 50 * k * t) / k for k in (1, 2, 3, 4, 5)),
-        "hum60": sum(np.sin(2 * np.pi * 60 * k * t) / k for k in (1, 3, 5)),
-        "dither": rng.integers(-1, 2, n).astype(np.float64),
-    }
-    return {name: s / np.abs(s).max() for name, s in shapes.items()}
 
 
 NOISES = noises()
@@ -109,7 +74,7 @@ def test_level_measures_and_the_detectors_parts() -> None:
     levelled(bytes(960))
     assert heard[-1] == -np.inf  # silence stays silence
     confirm = SpeechConfirmer(RATE)
-    speech = at_peak(real_clip(REAL[3]), -50.0)
+    speech = at_peak(real_clip(3), -50.0)
     assert confirm(pcm16(speech)) > 0.5
     assert confirm(pcm16(NOISES["hum50"] * 0.1)) == 0.0
 
@@ -167,8 +132,8 @@ def test_real_speech_at_every_level_gives_text(levels_ingest: tuple[str, int], t
     chain" / "Change the cycle chain" at -30 dBFS, unlifted), so the WER bound is checked on
     speech with exact references (above, and bench/fidelity.py on real recordings)."""
     uri, _ = levels_ingest
-    for clip in REAL:
-        samples = real_clip(clip)
+    for index, clip in enumerate(REAL):
+        samples = real_clip(index)
         for level in [*LEVELS, None]:
             assert texts(streamed(uri, at_peak(samples, level), tmp_path, f"real-{level}")), (
                 clip.name,
