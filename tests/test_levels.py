@@ -11,6 +11,7 @@ harmonics, silence and dither, each at -70 to 0 dBFS."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,13 @@ def streamed(uri: str, samples: NDArray[np.floating], tmp_path: Path, name: str)
 
 
 @pytest.fixture(scope="module")
-def levels_ingest(base_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int]:
+def levels_ingest(base_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """An ingest with its own metrics port; (its URI, that port)."""
     port = free_port()
-    uri, _ = start_ingest(
-        base_stack.redis_url, POOL, "--metrics-port", str(port), logs=tmp_path_factory.mktemp("lv")
-    )
-    return uri, port
+    logs = tmp_path_factory.mktemp("levels")
+    uri, ingest = start_ingest(base_stack.redis_url, POOL, "--metrics-port", str(port), logs=logs)
+    yield uri, port
+    ingest.stop()
 
 
 def test_quiet_and_clipped_speech_is_transcribed_like_speech_at_a_normal_level(
