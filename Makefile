@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 MODEL_DIR := models/whisper-base
 
-.PHONY: run test lint format offline-model system-deps k8s-tools venv bench gpu-check
+.PHONY: run test lint format offline-model system-deps k8s-tools venv bench gpu-check images compose-up compose-down
 
 system-deps:
 	@deploy/install-system-deps.sh
@@ -52,3 +52,22 @@ format: venv
 GPU_PYTHON ?= python3
 gpu-check:
 	$(GPU_PYTHON) -m bench.gpu --device cuda --out $(or $(OUT),bench/results)/gpu.json
+
+# Docker Compose in real containers, on a machine that cannot pull from a registry (this one):
+# docker-compose.yml plus docker-compose.test.yml (images built from Debian's packages, test
+# stand-ins for Redis and Prometheus, no Grafana, the local CTranslate2 model mounted read-only).
+# `images` builds what is missing (FULL=1: also the full CPU image with torch, for its size);
+# `compose-up` starts the stack and waits on its healthchecks; `compose-down` removes it and its volumes.
+COMPOSE = $(shell $(PY) -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
+COMPOSE_STACK = -p $(or $(COMPOSE_PROJECT),stt) -f docker-compose.yml -f docker-compose.test.yml
+images: venv
+	@COMPOSE="$(COMPOSE)" deploy/docker/images.sh
+
+compose-up: images offline-model
+	@start=$$(date +%s); $(COMPOSE) $(COMPOSE_STACK) up --build --wait --wait-timeout 300 --quiet-pull \
+	  && echo "healthy in $$(( $$(date +%s) - start )) s" \
+	  && echo "Streaming speech-to-text at ws://localhost:$${INGEST_PORT:-8000} (page: http://localhost:$${INGEST_PORT:-8000}/)," \
+	     "Prometheus at http://127.0.0.1:$${PROMETHEUS_PORT:-9090}; no Grafana in this stack (no image can be built here)"
+
+compose-down:
+	$(COMPOSE) $(COMPOSE_STACK) down --volumes --remove-orphans --timeout 60
