@@ -75,6 +75,7 @@ LEVERS = {  # name -> (stack environment, partials): each flips one default
 STOCK_PHRASES = {
     "you",
     "thank you",
+    "thank you very much",
     "thanks for watching",
     "thank you for watching",
     "bye",
