@@ -64,7 +64,7 @@ images: venv
 	@COMPOSE="$(COMPOSE)" deploy/docker/images.sh
 
 compose-up: images offline-model
-	@start=$$(date +%s); $(COMPOSE) $(COMPOSE_STACK) up --build --wait --wait-timeout 300 --quiet-pull \
+	@start=$$(date +%s); COMPOSE_BAKE=false $(COMPOSE) $(COMPOSE_STACK) up --build --wait --wait-timeout 300 --quiet-pull \
 	  && echo "healthy in $$(( $$(date +%s) - start )) s" \
 	  && echo "Streaming speech-to-text at ws://localhost:$${INGEST_PORT:-8000} (page: http://localhost:$${INGEST_PORT:-8000}/)," \
 	     "Prometheus at http://127.0.0.1:$${PROMETHEUS_PORT:-9090}; no Grafana in this stack (no image can be built here)"

@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 compose="${COMPOSE:?COMPOSE must name the Docker Compose v2 binary}"
+export COMPOSE_BAKE=false  # build with the engine's BuildKit; no buildx plugin is needed
 files=(-f docker-compose.yml -f docker-compose.test.yml)
 deploy/install-docker.sh
 deploy/docker/base-image.sh "${STT_BASE_IMAGE:-stt-local/python-debian:3.11-bookworm}"
