@@ -6,6 +6,7 @@ makes no second final. The namespaces are created here and always deleted."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from tools.speech import Speech, wer
 SUBNET = "10.99.0"
 BRIDGE = "sttbr0"
 HOSTS = {"redis": 1, "ingest": 2, "t1": 3, "t2": 4}
+# A Docker engine on the machine sets iptables' FORWARD policy to DROP, and bridged frames pass
+# through iptables: the hosts on our bridge could not reach each other. This lets them.
+FORWARD_RULE = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
 
 
 def ip(*args: str) -> None:
@@ -41,6 +45,8 @@ def network() -> Iterator[dict[str, str]]:
     except (subprocess.CalledProcessError, FileNotFoundError) as error:
         pytest.skip(f"network namespaces cannot be made here (not root, or no iproute2): {error}")
     try:
+        if shutil.which("iptables"):
+            subprocess.run(["iptables", "-I", *FORWARD_RULE], check=True, capture_output=True)
         ip("addr", "add", f"{SUBNET}.254/24", "dev", BRIDGE)
         ip("link", "set", BRIDGE, "up")
         for host, n in HOSTS.items():
@@ -62,6 +68,8 @@ def remove_network() -> None:
         subprocess.run(["ip", "link", "delete", f"v-{host}"], capture_output=True)
         subprocess.run(["ip", "netns", "delete", f"stt-{host}"], capture_output=True)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+    if shutil.which("iptables"):
+        subprocess.run(["iptables", "-D", *FORWARD_RULE], capture_output=True)
 
 
 def inside(host: str, name: str, args: list[str], log: Path) -> Proc:

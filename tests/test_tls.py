@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -218,4 +219,6 @@ def test_a_renewal_that_does_not_load_leaves_the_old_certificate_serving(tmp_pat
             for name in (None, "localhost"):
                 assert await _served_der(port, name) == der(second)
 
-    asyncio.run(scenario())
+    # In a thread of its own: the browser fixtures of this module keep an event loop running here.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, scenario()).result()
