@@ -12,6 +12,8 @@ from typing import Any
 
 import redis.asyncio as redis
 from prometheus_client import Counter
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from services.redis_url import client as redis_client
 from services.redis_url import parse_sentinel, redacted
@@ -43,13 +45,20 @@ async def connect_redis(url: str, stop: asyncio.Event, max_wait: float = 30.0) -
 
     Raises ``redis.ConnectionError`` when Redis stays unreachable.
     """
+    # A pooled connection that Redis closed (it restarted, or a failover moved the primary) fails
+    # the next command sent on it, though Redis is back: such a command is sent again on a new
+    # connection, twice at most. Only connection errors: a command that timed out may have run.
+    again = {
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "retry_on_error": [redis.ConnectionError],
+    }
     if parse_sentinel(url) is not None:
-        client = redis_client(url, health_check_interval=10)
+        client = redis_client(url, health_check_interval=10, **again)
     else:
         # A blocking pool: when every connection is busy (hundreds of sessions enqueueing at once)
         # a command waits for one, where redis-py's default pool (100, no waiting) raises.
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S, health_check_interval=10
+            url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S, health_check_interval=10, **again
         )
         client = redis.Redis.from_pool(pool)
     deadline = asyncio.get_running_loop().time() + max_wait

@@ -6,6 +6,7 @@ with the real whisper-base, kills or stops something, and checks what clients se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -18,6 +19,7 @@ import pytest
 import redis
 
 from services import keys
+from services.lifecycle import connect_redis
 from services.stack import POOL, Stack, alive, open_sessions, segments_queued, serving, wait_until
 from tests.helpers import finals, run_client
 from tools.speech import Speech, wer
@@ -225,3 +227,25 @@ def test_results_for_a_client_that_left_are_dropped_without_piling_up(
             "the stream to drain",
         )
         assert client.pubsub_channels(keys.result_channel("*")) == []
+
+
+def test_after_a_redis_restart_the_first_command_on_a_pooled_connection_succeeds(tmp_path: Path) -> None:
+    """Found by the Compose test (tests/test_compose.py): after Redis restarted, the ingest's first
+    admission check ran on a pooled connection Redis had closed and the session got 503, though
+    Redis was back. Such a command is sent again on a new connection."""
+
+    async def scenario(stack: Stack) -> int:
+        client = await connect_redis(stack.redis_url, asyncio.Event())
+        try:
+            await client.xadd("probe", {"n": "1"})
+            stack.redis.stop()
+            await asyncio.to_thread(stack.start_redis)  # the same port, empty
+            return int(await client.xlen("probe"))
+        finally:
+            await client.aclose()
+
+    stack = Stack(tmp_path)
+    try:
+        assert asyncio.run(scenario(stack)) == 0
+    finally:
+        stack.stop()
