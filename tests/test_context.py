@@ -11,7 +11,7 @@ import torch
 
 from services.stack import MODEL_DIR, ROOT
 from services.transcriber.ct2_model import CTranslate2Model
-from services.transcriber.interface import DEFAULT_CONTEXT_S, Decoding, context_frames
+from services.transcriber.interface import DEFAULT_CONTEXT_S, Decoding, context_frames, doubtful
 from services.transcriber.model import WhisperModel
 from tools.speech import Speech, wer
 
@@ -54,3 +54,13 @@ def test_both_backends_transcribe_in_short_windows(transformers_model: WhisperMo
         assert wer(" ".join(texts), " ".join(got)) <= 0.1, got
         for text, clip_text in zip(texts, got, strict=True):
             assert wer(text, clip_text) <= 0.25, (text, clip_text)
+
+
+def test_an_empty_or_looping_windowed_decode_is_doubtful_and_a_sentence_is_not() -> None:
+    """What the CTranslate2 backend decodes again over the full 30 s window (bench/fidelity.py
+    measures what it changes on real speech)."""
+    assert doubtful("", 0.0) and doubtful("   ", 0.0)
+    assert doubtful("Could you send me the address?", 0.9)  # what the guard would drop as no speech
+    assert doubtful("Ah, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha, ha.", 0.0)
+    assert not doubtful("Could you send me the address of the new office?", 0.1)
+    assert not doubtful("haan ji", 0.2)

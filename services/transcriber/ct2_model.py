@@ -31,11 +31,14 @@ import tokenizers
 from numpy.typing import NDArray
 
 from services.transcriber.interface import (
+    FRAMES_PER_SECOND,
     MAX_PROMPT_TOKENS,
+    WINDOW_S,
     Decoding,
     ModelLoadError,
     Transcript,
     context_frames,
+    doubtful,
 )
 from services.transcriber.words import Word, clip_words
 
@@ -198,28 +201,44 @@ class CTranslate2Model:
         mel = self.features(batch)
         starts = [self.start(prompts[n] if n < len(prompts) else "") for n in range(len(batch))]
         budget = self.decoding.token_budget(max(len(clip) for clip in batch) / SAMPLE_RATE)
-        # CTranslate2 needs <|startoftranscript|> at one position in a batch: one call per prompt length.
-        groups: dict[int, list[int]] = {}
-        for n, start in enumerate(starts):
-            groups.setdefault(len(start), []).append(n)
-        results: list[Any] = [None] * len(batch)
-        for members in groups.values():
-            generated = self.model.generate(
-                ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[members])),
-                [starts[n] for n in members],
-                beam_size=self.decoding.beam_size,
-                max_length=ct2_max_length(budget),
-                return_no_speech_prob=True,
-            )
-            for n, result in zip(members, generated, strict=True):
-                results[n] = result
+        results = self.generate(mel, starts, list(range(len(batch))), budget)
         texts = [[i for i in result.sequences_ids[0] if i < self.eot] for result in results]
+        if mel.shape[-1] < WINDOW_S * FRAMES_PER_SECOND:
+            said = zip(texts, results, strict=True)
+            again = [n for n, (ids, r) in enumerate(said) if doubtful(self.decode(ids), r.no_speech_prob)]
+            if again:
+                log.info(
+                    "%d of %d windowed decodes doubtful: decoded again over 30 s", len(again), len(batch)
+                )
+                mel = self.mel(batch, WINDOW_S * FRAMES_PER_SECOND)
+                for n, result in zip(again, self.generate(mel, starts, again, budget), strict=True):
+                    results[n], texts[n] = result, [i for i in result.sequences_ids[0] if i < self.eot]
         wanted = [ids if n < len(words) and words[n] else [] for n, ids in enumerate(texts)]
         timed = self.align(mel, batch, wanted)
         return [
             Transcript(self.decode(ids).strip(), float(result.no_speech_prob), tuple(words))
             for ids, result, words in zip(texts, results, timed, strict=True)
         ]
+
+    def generate(
+        self, mel: NDArray[np.float32], starts: list[list[int]], members: list[int], budget: int
+    ) -> list[Any]:
+        """CTranslate2's results for clips ``members`` of ``mel``, in that order. It needs
+        <|startoftranscript|> at one position in a batch: one call per prompt length."""
+        groups: dict[int, list[int]] = {}
+        for n in members:
+            groups.setdefault(len(starts[n]), []).append(n)
+        results: dict[int, Any] = {}
+        for group in groups.values():
+            generated = self.model.generate(
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[group])),
+                [starts[n] for n in group],
+                beam_size=self.decoding.beam_size,
+                max_length=ct2_max_length(budget),
+                return_no_speech_prob=True,
+            )
+            results.update(zip(group, generated, strict=True))
+        return [results[n] for n in members]
 
     def align(
         self, mel: NDArray[np.float32], batch: Sequence[NDArray[np.float32]], texts: list[list[int]]

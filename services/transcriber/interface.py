@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,6 +16,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from services.transcriber.guard import NO_SPEECH_THRESHOLD
 from services.transcriber.words import Word
 
 log = logging.getLogger("transcriber.model")
@@ -86,6 +88,25 @@ class Decoding:
     def token_budget(self, seconds: float) -> int:
         """Most tokens to generate for a batch whose longest clip lasts ``seconds``."""
         return min(max_new_tokens(seconds), self.max_tokens)
+
+
+# A decode over a window shorter than 30 s is doubtful, and decoded again over the full window,
+# when it would reach the client as nothing (no text, or Whisper's no-speech probability over the
+# guard's threshold: the voice detectors already heard speech in it) or loops (text that zlib
+# compresses over 2.4 times: OpenAI's transcribe.py retries those too). Short windows save
+# encoder time, but the model was trained on 30 s ones: on bench/evalset one real clip gave
+# nothing over its 10 s window and a sentence over 30 s. Whisper's other retry rule (average
+# log-probability under -1) is not used: whisper-base on Hindi audio is that unsure on half the
+# clips, and decoding them again gave one "Thank you." more and no fewer errors.
+DOUBTFUL_COMPRESSION = 2.4
+
+
+def doubtful(text: str, no_speech_prob: float) -> bool:
+    """A windowed decode worth decoding again over the full window: nothing, or a loop."""
+    encoded = text.strip().encode()
+    if not encoded or no_speech_prob > NO_SPEECH_THRESHOLD:
+        return True
+    return len(encoded) / len(zlib.compress(encoded)) > DOUBTFUL_COMPRESSION
 
 
 def warm_up(model: SpeechModel) -> None:
