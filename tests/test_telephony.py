@@ -11,7 +11,7 @@ import pytest
 from services import metrics
 from services.ingest.call import Call, record
 from services.ingest.config import parse_args
-from services.ingest.telephony import Connected, Dtmf, Mark, Media, Start, Stop, parse
+from services.ingest.telephony import Connected, Dtmf, Mark, Media, Platform, Start, Stop, parse
 from services.metrics import IngestMetrics
 from services.protocol import CallEvent, Final, ProtocolError, SessionParams
 from tests.platforms import fixture
@@ -195,7 +195,7 @@ def test_the_length_limit_on_one_track_ends_the_whole_call() -> None:
 
 
 @pytest.mark.parametrize("platform", ["twilio", "exotel", "plivo"])
-def test_json_nested_too_deep_is_a_bad_message_not_a_crash(platform: str) -> None:
+def test_json_nested_too_deep_is_a_bad_message_not_a_crash(platform: Platform) -> None:
     """Found hunting defect 1's class (an outside read that catches less than the library raises):
     json.loads raises RecursionError, not ValueError, for a frame nested 100,000 deep."""
     with pytest.raises(ProtocolError) as refused:
