@@ -5,8 +5,15 @@ One place, so that ingest and transcriber can never disagree on a name.
 
 from __future__ import annotations
 
+from typing import Any
+
 PREFIX = "stt"
 GROUP = "transcribers"
+
+
+def our_group(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The transcribers' group in an ``XINFO GROUPS`` reply (its name as bytes or text), if any."""
+    return next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
 
 
 def segment_stream(model: str) -> str:

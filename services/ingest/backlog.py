@@ -23,7 +23,7 @@ async def waiting(client: redis.Redis, stream: str) -> int:
         groups: Any = await client.xinfo_groups(stream)
     except redis.ResponseError:  # no such stream yet: nothing was ever queued
         return 0
-    group = next((g for g in groups if g["name"] in (keys.GROUP, keys.GROUP.encode())), None)
+    group = keys.our_group(groups)
     if group is None or group.get("lag") is None:
         return int(await client.xlen(stream))
     return int(group["pending"]) + int(group["lag"])

@@ -148,12 +148,11 @@ class Worker:
                     alive = keys.alive_key(self.config.name)
                     await self.redis.set(alive, self.config.consumer, px=ALIVE_TTL_MS)
                 self.metrics.stream_length.labels(self.config.name).set(await self.redis.xlen(self.stream))
-                groups: Any = await self.redis.xinfo_groups(self.stream)
-                for group in groups:
-                    if group["name"] == keys.GROUP.encode():
-                        lag = math.nan if group["lag"] is None else group["lag"]
-                        self.metrics.stream_pending.labels(self.config.name).set(group["pending"])
-                        self.metrics.stream_lag.labels(self.config.name).set(lag)
+                group = keys.our_group(await self.redis.xinfo_groups(self.stream))
+                if group is not None:
+                    lag = math.nan if group["lag"] is None else group["lag"]
+                    self.metrics.stream_pending.labels(self.config.name).set(group["pending"])
+                    self.metrics.stream_lag.labels(self.config.name).set(lag)
             if self.config.device == "cuda" and self.config.backend == "transformers":
                 import torch  # loaded already by the transformers backend
 
