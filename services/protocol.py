@@ -204,61 +204,6 @@ def check_frame_size(size: int, limit: int) -> None:
         raise ProtocolError("frame_too_big", f"frame of {size} bytes; the limit is {limit}", CLOSE_TOO_BIG)
 
 
-@dataclass(frozen=True)
-class Eof:
-    """The client has no more audio (``EOF``, ``{"type": "eof"}`` or ``{"type": "close_stream"}``)."""
-
-
-@dataclass(frozen=True)
-class Configure:
-    """A new prompt (vocabulary) for the segments that close from now on."""
-
-    prompt: str
-
-
-@dataclass(frozen=True)
-class KeepAlive:
-    """Nothing to send now; the session stays open (it resets the idle timer, as any frame does)."""
-
-
-@dataclass(frozen=True)
-class Finalize:
-    """Close the open segment now; its final comes as usual and the session goes on."""
-
-
-ClientMessage = Eof | KeepAlive | Finalize | Configure
-CLIENT_MESSAGES: dict[str, ClientMessage] = {
-    "eof": Eof(),
-    "close_stream": Eof(),
-    "keepalive": KeepAlive(),
-    "finalize": Finalize(),
-}
-
-
-def parse_text(text: str) -> ClientMessage:
-    """Parse a text frame from the client: ``EOF`` or ``{"type": ...}`` (CLIENT_MESSAGES)."""
-    if text.strip() == "EOF":
-        return Eof()
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):  # nested too deep: RecursionError, not ValueError
-        raise ProtocolError("bad_message", f"text frame is not JSON: {text[:60]!r}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("bad_message", "text frame must be a JSON object")
-    kind = message.get("type")
-    if kind == "configure":
-        prompt = message.get("prompt")
-        if not isinstance(prompt, str):
-            raise ProtocolError("bad_message", "configure needs a string 'prompt'")
-        return Configure(check_prompt(prompt))
-    if isinstance(kind, str) and kind in CLIENT_MESSAGES:
-        return CLIENT_MESSAGES[kind]
-    raise ProtocolError(
-        "bad_message",
-        f"unknown message type {kind!r}; expected one of {', '.join(CLIENT_MESSAGES)}, configure",
-    )
-
-
 # --- server -> client -------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ import redis
 import redis.asyncio as aioredis
 
 from services import keys
-from services.ingest.backlog import waiting
+from services.ingest.pipeline.backlog import waiting
 from services.protocol import SegmentJob
 from services.stack import Stack, counter, free_port, wait_until
 

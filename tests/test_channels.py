@@ -1,6 +1,6 @@
 """A session's audio as it arrives, in-process: encodings (G.711 against sox), interleaved
 channels each with its own segments, roles, finalize, and the frames it refuses. No socket, no
-Redis, no model (services/ingest/channels.py)."""
+Redis, no model (services/ingest/core/channels.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 from services import metrics
 from services.audio import decode_pcm16
-from services.ingest.channels import Channels
 from services.ingest.config import parse_args
+from services.ingest.core.channels import Channels
 from services.metrics import IngestMetrics
 from services.protocol import Final, Partial, ProtocolError, SegmentJob, SegmentResult, SessionParams
 from tests.test_segmenter import loud, silence, tone_pcm

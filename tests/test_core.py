@@ -1,5 +1,5 @@
 """A session's decisions, in-process: frames, results and the clock in; jobs and events out.
-No socket, no Redis, no model (services/ingest/core.py)."""
+No socket, no Redis, no model (services/ingest/core/channel.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from services import metrics
 from services.ingest.config import parse_args
-from services.ingest.core import SessionCore
+from services.ingest.core.channel import SessionCore
 from services.metrics import IngestMetrics
 from services.protocol import (
     MODEL_RATE,

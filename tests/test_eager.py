@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.ingest.eager import Eager
+from services.ingest.core.eager import Eager
 from services.protocol import SegmentResult
 from services.segmenter import Segment
 from services.stack import POOL, Stack, counter, free_port, start_ingest

@@ -16,20 +16,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services import metrics
-from services.ingest.channels import Channels
 from services.ingest.config import parse_args
+from services.ingest.core.channels import Channels
+from services.ingest.core.inputs import EndOfAudio, Finalize
+from services.ingest.protocols.native import parse_text
 from services.metrics import IngestMetrics
 from services.protocol import (
     ENCODINGS,
     SAMPLE_RATES,
-    Eof,
-    Finalize,
     ProtocolError,
     SegmentJob,
     SegmentResult,
     SessionParams,
     parse_query,
-    parse_text,
 )
 from services.segmenter import SegmenterConfig
 
@@ -66,7 +65,7 @@ def fuzz_frames(rate: int, encoding: str, channels: int, frames: list[bytes | st
         try:
             if isinstance(frame, str):
                 message = parse_text(frame)
-                if isinstance(message, Eof):
+                if isinstance(message, EndOfAudio):
                     session.end_of_audio(1.0)
                 elif isinstance(message, Finalize):
                     session.finalize(1.0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.ingest.ledger import Ledger
+from services.ingest.core.ledger import Ledger
 from services.protocol import ErrorEvent, Final, SegmentResult
 
 

@@ -16,16 +16,16 @@ import torch
 from websockets.sync.client import connect
 
 from services import metrics
-from services.ingest.channels import Channels
 from services.ingest.config import parse_args
+from services.ingest.core.channels import Channels
+from services.ingest.core.inputs import Configure
+from services.ingest.protocols.native import parse_text
 from services.metrics import IngestMetrics
 from services.protocol import (
     PROMPT_MAX_CHARS,
-    Configure,
     ProtocolError,
     SessionParams,
     parse_query,
-    parse_text,
 )
 from services.stack import MODEL_DIR, Stack
 from services.transcriber.interface import DEFAULT_CONTEXT_S, Decoding

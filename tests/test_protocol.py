@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from services.ingest.core.inputs import EndOfAudio, Finalize, KeepAlive
+from services.ingest.protocols.native import parse_text
 from services.protocol import (
-    Eof,
     ErrorEvent,
     Final,
-    Finalize,
-    KeepAlive,
     Partial,
     ProtocolError,
     Ready,
@@ -17,7 +16,6 @@ from services.protocol import (
     SegmentResult,
     SessionParams,
     parse_query,
-    parse_text,
 )
 
 
@@ -71,9 +69,9 @@ def test_a_parameter_the_server_cannot_honour_is_refused(query: str, says: str) 
 
 
 def test_client_text_messages() -> None:
-    assert parse_text("EOF") == Eof()
-    assert parse_text('{"type": "eof"}') == Eof()
-    assert parse_text('{"type": "close_stream"}') == Eof()
+    assert parse_text("EOF") == EndOfAudio()
+    assert parse_text('{"type": "eof"}') == EndOfAudio()
+    assert parse_text('{"type": "close_stream"}') == EndOfAudio()
     assert parse_text('{"type": "keepalive"}') == KeepAlive()
     assert parse_text('{"type": "finalize"}') == Finalize()
     for bad in ["hello", "[1]", '{"type": "pause"}', "{"]:

@@ -9,9 +9,18 @@ import json
 import pytest
 
 from services import metrics
-from services.ingest.call import Call, record
 from services.ingest.config import parse_args
-from services.ingest.telephony import Connected, Dtmf, Mark, Media, Platform, Start, Stop, parse
+from services.ingest.protocols.telephony.call import Call, record
+from services.ingest.protocols.telephony.frames import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    Platform,
+    Start,
+    Stop,
+    parse,
+)
 from services.metrics import IngestMetrics
 from services.protocol import CallEvent, Final, ProtocolError, SessionParams
 from tests.platforms import fixture

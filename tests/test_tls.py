@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from websockets.sync.client import connect
 
-from services.ingest.tls import Certificates
+from services.ingest.edge.tls import Certificates
 from services.stack import CT2_DIR, POOL, Proc, Stack, start_ingest, wait_until
 from tests.helpers import finals, run_client
 from tests.platforms import call_frames, encode

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.ingest import webhook
-from services.ingest.webhook import Webhook
+from services.ingest.outputs import webhook
+from services.ingest.outputs.webhook import Webhook
 from services.metrics import IngestMetrics
 
 SECRET = "shh"

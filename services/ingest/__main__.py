@@ -12,8 +12,8 @@ import redis
 
 from services.config import setup_logging
 from services.ingest.config import parse_args
-from services.ingest.server import run
-from services.ingest.tls import CertificateError
+from services.ingest.edge.server import run
+from services.ingest.edge.tls import CertificateError
 from services.metrics import MetricsPortError
 
 

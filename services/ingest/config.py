@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from services.catalog import requested_pool
 from services.config import EnvArgumentParser, add_common_flags, boolean, positive
-from services.ingest.webhook import parse_url
+from services.ingest.outputs.webhook import parse_url
 from services.segmenter import SegmenterConfig
 
 

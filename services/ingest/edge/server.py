@@ -19,15 +19,18 @@ from websockets.typing import Origin
 
 from services import keys, metrics, redis_url
 from services.catalog import requested_pool
-from services.ingest import admission, events, telephony, web, webhook
-from services.ingest.backlog import waiting
-from services.ingest.call import Call
-from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
-from services.ingest.results import ResultRouter
-from services.ingest.session import CallSession, ClientGone, Session
-from services.ingest.tls import Certificates
-from services.ingest.webhook import Webhook
+from services.ingest.core.channels import Channels
+from services.ingest.edge import admission, auth, routes, web
+from services.ingest.edge.tls import Certificates
+from services.ingest.outputs import events, webhook
+from services.ingest.outputs.webhook import Webhook
+from services.ingest.pipeline.backlog import waiting
+from services.ingest.pipeline.results import ResultRouter
+from services.ingest.pipeline.session import CallSession, ClientGone, Session
+from services.ingest.protocols.adapter import Adapter, Opened
+from services.ingest.protocols.telephony import frames as telephony
+from services.ingest.protocols.telephony.call import Call
 from services.lifecycle import connect_redis, install_stop_signals, supervise
 from services.metrics import IngestMetrics
 from services.protocol import (
@@ -35,18 +38,12 @@ from services.protocol import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
-    ErrorEvent,
     ProtocolError,
-    Ready,
     SessionParams,
     parse_call_query,
-    parse_query,
 )
 
 log = logging.getLogger("ingest")
-
-# The telephony platforms' media streams, by path (the same port as our own protocol).
-CALL_PATHS: dict[str, telephony.Platform] = {f"/{platform}": platform for platform in telephony.PLATFORMS}
 
 
 class Ingest:
@@ -107,16 +104,17 @@ class Ingest:
             if self.config.web:
                 return await web.respond(ws, request, self.served_models, self.config.default_model)
             return ws.respond(HTTPStatus.NOT_FOUND, "not found; connect with a WebSocket client\n")
-        key = admission.presented_key(request)
+        route = routes.find(url.path)
+        key = auth.presented_key(request)
         # A telephony stream without a key in its request carries it in its start's custom
         # parameters (Twilio's stream URL takes no query string): checked once start arrives.
-        later = url.path in CALL_PATHS and key is None
-        if self.config.api_keys and not later and not admission.key_valid(key, self.config.api_keys):
+        later = isinstance(route, routes.CallRoute) and key is None
+        if self.config.api_keys and not later and not auth.key_valid(key, self.config.api_keys):
             log.warning("refused %s: missing or wrong API key", ws.remote_address)
             self.metrics.sessions_refused.labels("unauthorized").inc()
             return admission.unauthorized(ws)
         twilio_token = self.config.calls.twilio_auth_token
-        if url.path == "/twilio" and twilio_token and not admission.twilio_signed(request, twilio_token):
+        if url.path == "/twilio" and twilio_token and not auth.twilio_signed(request, twilio_token):
             log.warning("refused %s: no valid X-Twilio-Signature", ws.remote_address)
             self.metrics.sessions_refused.labels("unauthorized").inc()
             return admission.forbidden(ws, "missing or wrong X-Twilio-Signature")
@@ -124,12 +122,20 @@ class Ingest:
             log.warning("refused %s: %d sessions already", ws.remote_address, self.sessions)
             self.metrics.sessions_refused.labels("capacity").inc()
             return admission.busy(ws, f"server full ({self.sessions} sessions)")
-        if events.call_of(url.path) is not None:
+        if isinstance(route, routes.EventsRoute):
             return None  # a reader of a call's events: no model, no backlog
         try:
-            params = parse_call_query(url.query) if url.path in CALL_PATHS else parse_query(url.query)
-        except ProtocolError:
-            return None  # the session reports it with an error event
+            params = (
+                parse_call_query(url.query)
+                if isinstance(route, routes.CallRoute)
+                else route.open(url.query)[0]
+            )
+        except ProtocolError as error:
+            if isinstance(route, routes.ClientRoute) and route.refuse_at_handshake:
+                log.info("refused %s at the handshake: %s (%s)", ws.remote_address, error.code, error.message)
+                self.metrics.sessions_refused.labels(error.code).inc()
+                return route.refuse_at_handshake(ws, error)
+            return None  # the session reports it in its protocol
         name = requested_pool(params.model) if params.model else self.config.default_model
         try:
             backlog = await waiting(self.redis, keys.segment_stream(name))
@@ -143,9 +149,9 @@ class Ingest:
             return admission.busy(ws, f"{backlog} segments are waiting for model {name}")
         return None
 
-    async def refuse(self, ws: ServerConnection, error: ProtocolError, event: bool = True) -> None:
-        """Tell the client why (an error event, unless it is a telephony platform, which reads
-        none), then close with the error's close code and reason.
+    async def refuse(self, ws: ServerConnection, error: ProtocolError, adapter: Adapter | None) -> None:
+        """Tell the client why, in its protocol (``adapter``; none for a telephony platform, which
+        reads nothing), then close with the error's close code and reason.
 
         Frames the client keeps sending are read and discarded meanwhile: unread, they
         would hold its close frame back and stall the closing handshake.
@@ -154,8 +160,7 @@ class Ingest:
         self.metrics.errors.labels(error.code).inc()
         discard = asyncio.create_task(discard_incoming(ws))
         try:
-            if event:
-                message = ErrorEvent(error.code, error.message).to_json()
+            for message in adapter.refusal(error) if adapter else []:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ws.send(message), self.config.send_timeout)
             await ws.close(error.close_code, error.message[:120])
@@ -171,31 +176,34 @@ class Ingest:
         self.idle.clear()
         assert ws.request is not None
         url = urlsplit(ws.request.path)
+        route = routes.find(url.path)
+        # The protocol's adapter, to say why a session ends early: our own protocol's until the
+        # route's parses (its query may be what is wrong); none for a telephony platform.
+        adapter: Adapter | None = None if isinstance(route, routes.CallRoute) else routes.NATIVE.open("")[1]
         try:
-            call = events.call_of(url.path)
-            if call is not None:
-                await events.follow(
-                    ws, self.readers, call, events.start_after(url.query), self.config.idle_timeout
-                )
-            elif url.path in CALL_PATHS:
-                await self.handle_call(ws, session_id, CALL_PATHS[url.path])
+            if isinstance(route, routes.EventsRoute):
+                start = events.start_after(url.query)
+                await events.follow(ws, self.readers, route.call, start, self.config.idle_timeout)
+            elif isinstance(route, routes.CallRoute):
+                await self.handle_call(ws, session_id, route.platform)
             else:
-                await self.handle_session(ws, session_id, parse_query(url.query))
+                params, adapter = route.open(url.query)
+                await self.handle_session(ws, session_id, params, adapter)
         except* ProtocolError as group:
             error = group.exceptions[0]
             assert isinstance(error, ProtocolError)
             log.info("session %s refused: %s (%s)", session_id, error.code, error.message)
-            await self.refuse(ws, error, event=url.path not in CALL_PATHS)
+            await self.refuse(ws, error, adapter)
         except* (ConnectionClosed, ClientGone):
             log.info("session %s: client went away", session_id)
         except* redis.RedisError as group:
             log.error("session %s: Redis failed: %s", session_id, group.exceptions[0])
             error = ProtocolError("backend_unavailable", "the queue is unavailable", CLOSE_TRY_AGAIN)
-            await self.refuse(ws, error, event=url.path not in CALL_PATHS)
+            await self.refuse(ws, error, adapter)
         except* Exception:
             log.exception("session %s failed", session_id)
             error = ProtocolError("internal_error", "internal server error", CLOSE_INTERNAL)
-            await self.refuse(ws, error, event=url.path not in CALL_PATHS)
+            await self.refuse(ws, error, adapter)
         finally:
             self.sessions -= 1
             self.metrics.sessions_active.dec()
@@ -210,26 +218,28 @@ class Ingest:
         config = self.config
         return replace(config, result_timeout=config.result_timeout + config.pool_start_timeout)
 
-    async def handle_session(self, ws: ServerConnection, session_id: str, params: SessionParams) -> None:
-        """Our own protocol: audio frames in, events back on the same socket."""
+    async def handle_session(
+        self, ws: ServerConnection, session_id: str, params: SessionParams, adapter: Adapter
+    ) -> None:
+        """A client speaking a wire protocol: audio in, events back on the same socket."""
         model, cold = await self.resolve_model(params.model)
         config = self.session_config(cold)
         async with self.router.subscription(session_id) as results:
             channels = Channels(session_id, model, params, config, self.metrics, time.time())
-            layout = (params.encoding, params.channels, params.roles, params.words)
-            ready = Ready(session_id, model, params.sample_rate, channels.partials, *layout)
-            await ws.send(ready.to_json())
+            for message in adapter.greeting(Opened(session_id, model, params, channels.partials)):
+                await ws.send(message)
             log.info(
-                "session %s open from %s: model %s, %d Hz, %s, %d channel(s)",
+                "session %s open from %s: %s, model %s, %d Hz, %s, %d channel(s)",
                 session_id,
                 ws.remote_address,
+                type(adapter).__name__,
                 model,
                 params.sample_rate,
                 params.encoding,
                 params.channels,
             )
             self.metrics.sessions_opened.labels(model).inc()
-            await Session(ws, channels, config, self.redis, results, cold).run()
+            await Session(ws, channels, adapter, config, self.redis, results, cold).run()
 
     async def handle_call(self, ws: ServerConnection, session_id: str, platform: telephony.Platform) -> None:
         """A telephony platform's media stream: its events go to the call's event stream. Its
@@ -241,8 +251,8 @@ class Ingest:
         except TimeoutError:
             raise ProtocolError("idle_timeout", f"no start within {self.config.idle_timeout:g} s") from None
         assert ws.request is not None
-        keys_needed = self.config.api_keys and admission.presented_key(ws.request) is None
-        if keys_needed and not admission.key_valid(start.custom.get("token"), self.config.api_keys):
+        keys_needed = self.config.api_keys and auth.presented_key(ws.request) is None
+        if keys_needed and not auth.key_valid(start.custom.get("token"), self.config.api_keys):
             raise ProtocolError("unauthorized", "missing or wrong API key (custom parameter 'token')")
         params = parse_call_query(urlsplit(ws.request.path).query, start.custom)
         model, cold = await self.resolve_model(params.model)

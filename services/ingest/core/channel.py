@@ -8,16 +8,16 @@ feeding it bytes and results and reading what it wants done (``tests/test_core.p
   job for the pool's stream;
 - partial results: while a segment is spoken, every ``--partial-ms`` of speech a job for what is
   open so far (never while the speaker pauses, where the segment may be about to end);
-- eager endpointing (``services.ingest.eager``): a pause under way offers a guess
+- eager endpointing (``services.ingest.core.eager``): a pause under way offers a guess
   (``tentative``); the I/O side checks the pool's backlog and calls ``guess`` or
   ``decline_guess``;
-- results are resolved into events strictly in segment order (``services.ingest.ledger``); a
+- results are resolved into events strictly in segment order (``services.ingest.core.ledger``); a
   partial only while its segment is still open; a segment dropped after the client saw partials
   of it still gets an (empty) final;
 - each final's latency, whole and in parts, goes to the metrics once it is sent (``sent``);
 - the session's length limit ends it the way end of audio does, with an error instead of ``done``.
 
-Usage by the I/O side (``services.ingest.session``): call ``audio``/``end_of_audio``/
+Usage by the I/O side (``services.ingest.pipeline.session``): call ``audio``/``end_of_audio``/
 ``result``/``expire``, then queue ``jobs_to_queue()``, send ``events_to_send()`` and report each
 event sent with ``sent``.
 """
@@ -29,8 +29,8 @@ from dataclasses import replace
 
 from services.audio import resample_pcm16
 from services.ingest.config import IngestConfig
-from services.ingest.eager import Eager
-from services.ingest.ledger import Ledger
+from services.ingest.core.eager import Eager
+from services.ingest.core.ledger import Ledger
 from services.metrics import IngestMetrics
 from services.protocol import (
     ErrorEvent,
@@ -122,7 +122,7 @@ class SessionCore:
     # --- inputs ----------------------------------------------------------------------------------
 
     def audio(self, pcm: bytes, now: float) -> None:
-        """The channel's next 16-bit PCM (``services.ingest.channels`` decodes and splits frames)."""
+        """The channel's next 16-bit PCM (``services.ingest.core.channels`` decodes and splits frames)."""
         config = self.config
         for event in self.segmenter.feed(pcm):
             self._segmenter_event(event, now)

@@ -1,7 +1,7 @@
 """One telephony call's decisions: sans-I/O.
 
-Built from the platform's ``start`` (``services.ingest.telephony``): each track the call
-announced is a channel with its own VAD and segments (``services.ingest.channels``), named by its
+Built from the platform's ``start`` (``services.ingest.protocols.telephony.frames``): each track the call
+announced is a channel with its own VAD and segments (``services.ingest.core.channels``), named by its
 track. Media of a track goes to its channel (24 kHz PCM is resampled to 16 kHz first, as the VAD
 takes 8/16/32/48 kHz); DTMF, marks and the stop land on the call's timeline as ``CallEvent``s,
 at the call's position in seconds of audio. Everything the call makes is an event for its event
@@ -15,9 +15,9 @@ import json
 from typing import Any
 
 from services.audio import StreamResampler
-from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
-from services.ingest.telephony import Connected, Dtmf, Mark, Media, Message, Start, Stop
+from services.ingest.core.channels import Channels
+from services.ingest.protocols.telephony.frames import Connected, Dtmf, Mark, Media, Message, Start, Stop
 from services.metrics import IngestMetrics
 from services.protocol import MODEL_RATE, CallEvent, ProtocolError, ServerEvent, SessionParams
 from services.segmenter import VadFn

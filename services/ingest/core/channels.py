@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from services.audio import decode_pcm16, split_channels
 from services.ingest.config import IngestConfig
-from services.ingest.core import SessionCore
+from services.ingest.core.channel import SessionCore
+from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input
 from services.metrics import IngestMetrics
 from services.protocol import (
     CLOSE_UNSUPPORTED_DATA,
@@ -64,6 +65,17 @@ class Channels:
         # Bytes of one sample of every channel: a frame holds whole ones.
         self.frame_unit = params.bytes_per_sample * params.channels
         self._notes: list[ServerEvent] = []  # events of the session as a whole, sent first
+
+    def apply(self, given: Input, now: float) -> None:
+        """One input from the client's protocol (a keepalive needs nothing: it kept the session open)."""
+        if isinstance(given, Audio):
+            self.audio(given.data, now)
+        elif isinstance(given, EndOfAudio):
+            self.end_of_audio(now)
+        elif isinstance(given, Finalize):
+            self.finalize(now)
+        elif isinstance(given, Configure):
+            self.configure(given.prompt)
 
     def audio(self, frame: bytes, now: float) -> None:
         """One binary frame from the client. Raises ProtocolError for a frame it must refuse."""

@@ -1,4 +1,4 @@
-"""Who may open a session: API keys, capacity and backlog, checked at the HTTP handshake."""
+"""Who may open a session: one check of an API key, however a protocol carries it."""
 
 from __future__ import annotations
 
@@ -7,27 +7,31 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Iterable
-from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 
-RETRY_AFTER_S = 5
+# Deepgram's browser form: ``Sec-WebSocket-Protocol: token, KEY`` (a browser cannot set headers).
+TOKEN_SUBPROTOCOL = "token"
 
 
 def presented_key(request: Request) -> str | None:
-    """The key from ``Authorization: Bearer KEY``, ``?token=KEY`` or HTTP Basic auth (its password:
-    Exotel streams to ``wss://user:KEY@host/exotel``), if any."""
+    """The key a request carries, by the first of: ``Authorization: Bearer KEY`` (OpenAI, ours),
+    ``Authorization: Token KEY`` (Deepgram), HTTP Basic (its password: Exotel streams to
+    ``wss://user:KEY@host/exotel``), the subprotocols ``token, KEY``, ``?token=KEY``."""
     header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    if header.lower().startswith("basic "):
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() in ("bearer", "token") and credentials.strip():
+        return credentials.strip()
+    if scheme.lower() == "basic":
         try:
-            user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+            user, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
         return password or user
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    if len(offered) == 2 and offered[0] == TOKEN_SUBPROTOCOL and offered[1]:
+        return offered[1]
     tokens = parse_qs(urlsplit(request.path).query).get("token")
     return tokens[-1] if tokens else None
 
@@ -56,20 +60,3 @@ def twilio_signed(request: Request, auth_token: str) -> bool:
         ).digest()
         valid.append(hmac.compare_digest(base64.b64encode(digest).decode(), signature))
     return any(valid)
-
-
-def forbidden(ws: ServerConnection, reason: str) -> Response:
-    return ws.respond(HTTPStatus.FORBIDDEN, f"{reason}\n")
-
-
-def unauthorized(ws: ServerConnection) -> Response:
-    return ws.respond(
-        HTTPStatus.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer KEY' or ?token=KEY\n"
-    )
-
-
-def busy(ws: ServerConnection, reason: str) -> Response:
-    """HTTP 503 with a reason and Retry-After: the handshake's 'try again later'."""
-    response = ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{reason}; try again later\n")
-    response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response

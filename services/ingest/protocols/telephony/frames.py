@@ -3,8 +3,8 @@
 Twilio Media Streams (``/twilio``), Exotel AgentStream / Voicebot (``/exotel``) and Plivo Audio
 Streams (``/plivo``) open a WebSocket to us and push JSON text frames: a ``start`` with the
 call's metadata, then ``media`` frames of base64 audio per track, ``dtmf``, ``mark`` and
-``stop``. Each platform's frames are parsed here into the same messages; ``services.ingest.call``
-runs a call on them. Written from the platforms' documentation (fixtures in
+``stop``. Each platform's frames are parsed here into the same messages; ``call`` (beside this
+module) runs a call on them. Written from the platforms' documentation (fixtures in
 ``tests/fixtures/telephony``):
 
 - Twilio: camelCase; ``start.mediaFormat`` is ``audio/x-mulaw`` at 8000 Hz; ``media.track`` is

@@ -24,8 +24,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from services import keys
-from services.ingest.session import ClientGone
-from services.ingest.telephony import CALL_ID
+from services.ingest.pipeline.session import ClientGone
+from services.ingest.protocols.telephony.frames import CALL_ID
 from services.protocol import CLOSE_INTERNAL, ErrorEvent, ProtocolError
 
 PATH = re.compile(r"/calls/([^/]+)/events")

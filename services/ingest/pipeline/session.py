@@ -1,5 +1,5 @@
-"""One client's session: the I/O around its sans-I/O core (``services.ingest.channels``, a
-``services.ingest.core`` per audio channel).
+"""One client's session: the I/O around its sans-I/O core (``services.ingest.core.channels``, a
+``services.ingest.core.channel`` per audio channel).
 
 Two owned tasks per session: ``_receive`` reads frames into the core and queues the jobs it
 makes on Redis; ``_relay`` feeds results to the core and sends its events, and ends the session
@@ -9,6 +9,7 @@ sends, so events go out in the order the core made them.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -21,28 +22,25 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from services import keys
-from services.ingest import telephony
-from services.ingest.backlog import waiting
-from services.ingest.call import Call, record
-from services.ingest.channels import Channels
 from services.ingest.config import IngestConfig
-from services.ingest.results import LOST, WAKE
-from services.ingest.webhook import Webhook
+from services.ingest.core.channels import Channels
+from services.ingest.outputs.webhook import Webhook
+from services.ingest.pipeline.backlog import waiting
+from services.ingest.pipeline.results import LOST, WAKE
+from services.ingest.protocols.adapter import Adapter
+from services.ingest.protocols.telephony import frames as telephony
+from services.ingest.protocols.telephony.call import Call, record
 from services.lifecycle import honour_cancellation
 from services.protocol import (
     CLOSE_TRY_AGAIN,
-    Configure,
     Done,
-    Eof,
     ErrorEvent,
     Final,
-    Finalize,
     ProtocolError,
     SegmentJob,
     SegmentResult,
     ServerEvent,
     check_frame_size,
-    parse_text,
 )
 
 log = logging.getLogger("ingest.session")
@@ -59,7 +57,10 @@ class ClientGone(Exception):
     """The client closed the connection before end of audio."""
 
 
-class Session:
+class Runner(abc.ABC):
+    """A session's two tasks; what a frame means (``_take``) and where an event goes (``_send``)
+    is its kind's: a client's protocol (``Session``) or a telephony call (``CallSession``)."""
+
     def __init__(
         self,
         ws: ServerConnection,
@@ -146,18 +147,9 @@ class Session:
                 idle.reschedule(None)
                 await self._after_eof()
 
+    @abc.abstractmethod
     def _take(self, message: str | bytes, now: float) -> None:
-        """One frame of our protocol: audio, or a control message."""
-        if isinstance(message, bytes):
-            self.core.audio(message, now)
-            return
-        control = parse_text(message)  # a keepalive did its work: the idle timer restarted
-        if isinstance(control, Eof):
-            self.core.end_of_audio(now)
-        elif isinstance(control, Finalize):
-            self.core.finalize(now)
-        elif isinstance(control, Configure):
-            self.core.configure(control.prompt)
+        """One frame from the socket, into the core."""
 
     def _closed(self, closed: ConnectionClosed) -> None:
         """The client closed the connection before end of audio: its results are not wanted."""
@@ -234,18 +226,48 @@ class Session:
             return
         self.core.result(result, time.time())
 
+    @abc.abstractmethod
     async def _send(self, event: ServerEvent) -> None:
-        """Send one event; a client that does not read for ``send_timeout`` is cut off."""
+        """Deliver one of the core's events; then report it with ``core.sent``."""
+
+
+class Session(Runner):
+    """A client speaking one of the wire protocols (``services.ingest.protocols``): its frames go
+    through the protocol's adapter into the core, and the core's events back out through it."""
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        core: Channels,
+        adapter: Adapter,
+        config: IngestConfig,
+        client: redis.Redis,
+        results: asyncio.Queue[bytes],
+        cold: bool = False,
+    ) -> None:
+        super().__init__(ws, core, config, client, results, cold)
+        self.adapter = adapter
+
+    def _take(self, message: str | bytes, now: float) -> None:
+        """One frame of the client's protocol, through its adapter, into the core."""
+        for given in self.adapter.take(message):
+            self.core.apply(given, now)
+
+    async def _send(self, event: ServerEvent) -> None:
+        """Send one event in the client's protocol; a client that does not read for
+        ``send_timeout`` is cut off."""
         try:
-            await asyncio.wait_for(self.ws.send(event.to_json()), self.config.send_timeout)
+            for frame in self.adapter.render(event):
+                await asyncio.wait_for(self.ws.send(frame), self.config.send_timeout)
         except TimeoutError:
             raise ProtocolError("slow_client", "the client does not read its results") from None
         self.core.sent(event, time.time())
 
 
-class CallSession(Session):
-    """A telephony call: the platform's JSON frames in (``services.ingest.call``), the call's
-    events out to its event stream in Redis (``keys.call_events``), never to the platform.
+class CallSession(Runner):
+    """A telephony call: the platform's JSON frames in (``protocols.telephony.call``, the call
+    core), the call's events out to its event stream in Redis (``keys.call_events``), never to
+    the platform.
 
     A call is not a client that may leave: when the platform closes the socket (a hang-up, or
     Plivo's end of every stream) what was said is still transcribed and recorded, then ``done``.

@@ -1,0 +1,71 @@
+"""The path table: which protocol a WebSocket's path speaks.
+
+Every path the ingest serves over WebSocket is here and nowhere else. A client session's route
+opens its protocol from the query string (the session's parameters and the protocol's adapter);
+a telephony route names its platform; a call's event stream is ``/calls/{call}/events``. Any
+other path speaks our own protocol (Oriserve's clients connect to ``/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Response
+
+from services.ingest.outputs import events
+from services.ingest.protocols.adapter import Adapter
+from services.ingest.protocols.native import Native
+from services.ingest.protocols.telephony import frames
+from services.protocol import ProtocolError, SessionParams, parse_query
+
+Opener = Callable[[str], tuple[SessionParams, Adapter]]
+# How a protocol refuses a bad query at the handshake, as its own servers do (an HTTP error);
+# None: the session opens and says so in the protocol's error message.
+HandshakeRefusal = Callable[[ServerConnection, ProtocolError], Response]
+
+
+@dataclass(frozen=True)
+class ClientRoute:
+    """A client speaking a wire protocol: ``open`` parses the query (raising ProtocolError)."""
+
+    protocol: str
+    open: Opener
+    refuse_at_handshake: HandshakeRefusal | None = None
+
+
+@dataclass(frozen=True)
+class CallRoute:
+    """A telephony platform's media stream."""
+
+    platform: frames.Platform
+
+
+@dataclass(frozen=True)
+class EventsRoute:
+    """A reader of one call's event stream."""
+
+    call: str
+
+
+Route = ClientRoute | CallRoute | EventsRoute
+
+
+def _native(query: str) -> tuple[SessionParams, Adapter]:
+    return parse_query(query), Native()
+
+
+NATIVE = ClientRoute("native", _native)
+CLIENTS: dict[str, ClientRoute] = {}
+CALLS: dict[str, CallRoute] = {f"/{platform}": CallRoute(platform) for platform in frames.PLATFORMS}
+
+
+def find(path: str) -> Route:
+    """The route of a request's path (without its query)."""
+    if path in CALLS:
+        return CALLS[path]
+    call = events.call_of(path)
+    if call is not None:
+        return EventsRoute(call)
+    return CLIENTS.get(path, NATIVE)

@@ -1,0 +1,61 @@
+"""Our own protocol (Oriserve's, extended): binary frames of audio, a few JSON controls, JSON
+events back. Sans-I/O; the query string is ``services.protocol.parse_query``'s."""
+
+from __future__ import annotations
+
+import json
+
+from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
+from services.ingest.protocols.adapter import Frame, Opened
+from services.protocol import ErrorEvent, ProtocolError, Ready, ServerEvent, check_prompt
+
+CONTROLS: dict[str, Input] = {
+    "eof": EndOfAudio(),
+    "close_stream": EndOfAudio(),
+    "keepalive": KeepAlive(),
+    "finalize": Finalize(),
+}
+
+
+def parse_text(text: str) -> Input:
+    """A text frame from the client: ``EOF`` or ``{"type": ...}`` (CONTROLS, or ``configure``)."""
+    if text.strip() == "EOF":
+        return EndOfAudio()
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):  # nested too deep: RecursionError, not ValueError
+        raise ProtocolError("bad_message", f"text frame is not JSON: {text[:60]!r}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_message", "text frame must be a JSON object")
+    kind = message.get("type")
+    if kind == "configure":
+        prompt = message.get("prompt")
+        if not isinstance(prompt, str):
+            raise ProtocolError("bad_message", "configure needs a string 'prompt'")
+        return Configure(check_prompt(prompt))
+    if isinstance(kind, str) and kind in CONTROLS:
+        return CONTROLS[kind]
+    raise ProtocolError(
+        "bad_message",
+        f"unknown message type {kind!r}; expected one of {', '.join(CONTROLS)}, configure",
+    )
+
+
+class Native:
+    """``ready`` first; every event as its own JSON; ``error`` before a close."""
+
+    def greeting(self, opened: Opened) -> list[Frame]:
+        params = opened.params
+        layout = (params.encoding, params.channels, params.roles, params.words)
+        return [Ready(opened.session, opened.model, params.sample_rate, opened.partials, *layout).to_json()]
+
+    def take(self, message: Frame) -> list[Input]:
+        if isinstance(message, bytes):
+            return [Audio(message)]
+        return [parse_text(message)]
+
+    def render(self, event: ServerEvent) -> list[Frame]:
+        return [event.to_json()]
+
+    def refusal(self, error: ProtocolError) -> list[Frame]:
+        return [ErrorEvent(error.code, error.message).to_json()]

@@ -1,0 +1,1 @@
+"""Twilio, Exotel and Plivo media streams: their frames (``frames``) and the call core (``call``)."""
