@@ -247,6 +247,11 @@ class Final:
     role: str | None = None
     words: tuple[dict[str, Any], ...] = ()  # {word, start, end, confidence}, stream seconds
     confidence: float | None = None
+    # Why its segment closed: "silence" (a pause), "max_length", "eof", "finalize" (asked for).
+    ended: str = ""
+    # Nothing was said (noise, a known hallucination): our protocol sends no such final, but a
+    # protocol that answers every segment (OpenAI's committed items) or every finalize does.
+    silent: bool = False
     type: Literal["final"] = "final"
 
     def to_json(self) -> str:
@@ -272,6 +277,8 @@ class Partial:
     segment: int
     channel: int = 0
     role: str | None = None
+    start: float = 0.0  # stream seconds of the audio it transcribes
+    end: float = 0.0
     type: Literal["partial"] = "partial"
 
     def to_json(self) -> str:
@@ -325,6 +332,42 @@ class WarningEvent:
 
 
 @dataclass(frozen=True)
+class SpeechStarted:
+    """Speech began on a channel, ``at`` stream seconds (where its segment will start)."""
+
+    at: float
+    channel: int = 0
+    role: str | None = None
+    type: Literal["speech_started"] = "speech_started"
+
+    def to_json(self) -> str:
+        return _dump({"type": self.type, "at": round(self.at, 3), **_channel(self.channel, self.role)})
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    """The speech that began closed: as ``segment`` (queued for transcription; its final follows),
+    or as no segment at all (``None``: it was noise, or too short to be speech)."""
+
+    segment: int | None
+    start: float
+    end: float
+    ended: str  # why: as Final.ended, or the reason it was dropped ("noise", "too_short", ...)
+    channel: int = 0
+    role: str | None = None
+    type: Literal["speech_ended"] = "speech_ended"
+
+    def to_json(self) -> str:
+        out = {
+            "type": self.type,
+            "segment": self.segment,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+        }
+        return _dump(out | {"ended": self.ended} | _channel(self.channel, self.role))
+
+
+@dataclass(frozen=True)
 class Done:
     type: Literal["done"] = "done"
 
@@ -344,7 +387,9 @@ class CallEvent:
         return _dump({"type": self.type, **self.fields})
 
 
-ServerEvent = Ready | Partial | Final | ErrorEvent | WarningEvent | Done | CallEvent
+ServerEvent = (
+    Ready | Partial | Final | ErrorEvent | WarningEvent | SpeechStarted | SpeechEnded | Done | CallEvent
+)
 
 
 # --- ingest -> transcriber: one stream entry per segment ---------------------

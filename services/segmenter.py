@@ -181,6 +181,11 @@ class Segmenter:
         return self._speech is not None
 
     @property
+    def speech_start(self) -> float | None:
+        """Where the segment being spoken starts (seconds), or None when none is open."""
+        return None if self._speech is None else self._seconds(self._speech_first)
+
+    @property
     def trailing_silence(self) -> float:
         """Seconds of unvoiced frames at the end of the open segment (0 when none is open)."""
         if self._speech is None:

@@ -16,6 +16,7 @@ from services.ingest.config import parse_args
 from services.ingest.core.channels import Channels
 from services.metrics import IngestMetrics
 from services.protocol import Final, Partial, ProtocolError, SegmentJob, SegmentResult, SessionParams
+from tests.test_core import shown
 from tests.test_segmenter import loud, silence, tone_pcm
 from tools.speech import Speech
 
@@ -89,13 +90,13 @@ def test_two_channels_are_segmented_apart_and_answered_under_their_roles() -> No
     )
     channels.result(SegmentResult("s1", 0, "text", "namaste", channel=1), 5.0)
     channels.result(SegmentResult("s1", 0, "text", "hello", channel=0), 5.0)
-    events = channels.events_to_send()
+    events = shown(channels)
     assert {(e.text, e.channel, e.role) for e in events if isinstance(e, Final)} == {
         ("hello", 0, "agent"),
         ("namaste", 1, "customer"),
     }
     channels.result(SegmentResult("s1", 0, "text", "stray", channel=7), 5.0)  # no such channel
-    assert channels.events_to_send() == []
+    assert shown(channels) == []
     channels.end_of_audio(6.0)
     assert channels.finished
     assert registry.bytes_received._value.get() == len(agent) * 2
@@ -107,7 +108,7 @@ def test_partials_carry_their_channel() -> None:
     jobs = stream(channels, interleave(silence(0.3, rate) + tone_pcm(1.0, rate), silence(1.3, rate)), 640)
     assert {j.channel for j in jobs if j.partial} == {0}
     channels.result(SegmentResult("s1", 0, "text", "hel", partial=True, channel=0), 1.0)
-    assert channels.events_to_send() == [Partial("hel", 0, 0, None)]
+    assert shown(channels) == [Partial("hel", 0, 0, None)]
 
 
 def test_finalize_closes_the_open_segment_and_the_session_goes_on() -> None:

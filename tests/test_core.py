@@ -4,12 +4,15 @@ No socket, no Redis, no model (services/ingest/core/channel.py)."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
 from services import metrics
 from services.ingest.config import parse_args
 from services.ingest.core.channel import SessionCore
+from services.ingest.core.channels import Channels
+from services.ingest.protocols import native
 from services.metrics import IngestMetrics
 from services.protocol import (
     MODEL_RATE,
@@ -19,6 +22,8 @@ from services.protocol import (
     SegmentJob,
     SegmentResult,
     ServerEvent,
+    SpeechEnded,
+    SpeechStarted,
 )
 from tests.test_segmenter import loud, silence, tone_pcm
 
@@ -30,6 +35,13 @@ class Clock:
 
     def __init__(self) -> None:
         self.now = 1_000.0
+
+
+def shown(core: SessionCore | Channels) -> list[ServerEvent]:
+    """The events our protocol sends (``native.shown``), partials without their spans (a test of
+    its own checks those)."""
+    events = [e for e in core.events_to_send() if native.shown(e)]
+    return [replace(e, start=0.0, end=0.0) if isinstance(e, Partial) else e for e in events]
 
 
 def make_core(*flags: str, rate: int = 16000, partials: bool = False) -> tuple[SessionCore, Clock]:
@@ -74,12 +86,12 @@ def test_segments_become_jobs_and_results_are_released_in_segment_order() -> Non
     for job in jobs:  # resampled to the model's 16 kHz: two bytes a sample
         assert len(job.pcm) == pytest.approx((job.end - job.start) * MODEL_RATE * 2, abs=2 * 16 * 30)
     core.result(text(jobs[1], "second"), clock.now)
-    assert core.events_to_send() == []  # held until segment 0 is answered
+    assert shown(core) == []  # held until segment 0 is answered
     core.result(text(jobs[0], "first"), clock.now)
-    events = core.events_to_send()
+    events = shown(core)
     assert [(type(e), getattr(e, "text", None)) for e in events] == [(Final, "first"), (Final, "second")]
     core.result(text(jobs[0], "again"), clock.now)  # a duplicate delivery
-    assert core.events_to_send() == []
+    assert shown(core) == []
     assert not core.finished
     core.end_of_audio(clock.now)
     assert core.finished and core.jobs_to_queue() == []
@@ -92,7 +104,7 @@ def test_end_of_audio_closes_the_open_segment_and_waits_for_its_answer() -> None
     (job,) = core.jobs_to_queue()
     assert core.eof and not core.finished
     core.result(SegmentResult("s1", job.segment, "empty", reason="no_speech"), clock.now)
-    assert core.events_to_send() == [] and core.finished  # an empty result sends nothing
+    assert shown(core) == [] and core.finished  # an empty result sends nothing
 
 
 def test_an_overdue_segment_becomes_an_error_and_unblocks_the_next() -> None:
@@ -102,9 +114,9 @@ def test_an_overdue_segment_becomes_an_error_and_unblocks_the_next() -> None:
     deadline = core.next_deadline()
     assert deadline is not None and deadline > clock.now
     core.expire(deadline - 0.01)
-    assert core.events_to_send() == []
+    assert shown(core) == []
     core.expire(deadline)
-    events = core.events_to_send()
+    events = shown(core)
     assert [type(e) for e in events] == [ErrorEvent, Final]
     assert isinstance(events[0], ErrorEvent) and events[0].code == "timeout" and events[0].segment == 0
 
@@ -119,14 +131,14 @@ def test_partials_are_asked_for_while_speech_goes_on_and_shown_only_while_it_is_
     assert len(asks) == 5 and 0.4 <= spoken[0] < 0.46  # the VAD's 30 ms frames round it up
     assert all(0.4 <= b - a < 0.46 for a, b in itertools.pairwise(spoken))
     core.result(SegmentResult("s1", 0, "text", "hel", partial=True), clock.now)
-    assert core.events_to_send() == [Partial("hel", 0)]
+    assert shown(core) == [Partial("hel", 0)]
     # A pause: no partial asked for while it lasts, and the segment then closes.
     jobs = feed(core, clock, silence(0.6, 16000))
     assert [job.partial for job in jobs] == [False]
     core.result(SegmentResult("s1", 0, "text", "hello th", partial=True), clock.now)  # stale
-    assert core.events_to_send() == []
+    assert shown(core) == []
     core.result(text(jobs[0], "hello there"), clock.now)
-    (final,) = core.events_to_send()
+    (final,) = shown(core)
     assert isinstance(final, Final) and (final.text, final.segment) == ("hello there", 0)
     assert (final.start, final.end) == (jobs[0].start, jobs[0].end)
 
@@ -140,10 +152,10 @@ def test_a_segment_dropped_after_its_partials_still_gets_an_empty_final_and_its_
     core, clock = make_core("--partial-ms", "200", "--min-speech-ms", "1500", partials=True)
     feed(core, clock, silence(0.5, 16000) + tone_pcm(0.5, 16000))
     core.result(SegmentResult("s1", 0, "text", "uh", partial=True), clock.now)
-    assert core.events_to_send() == [Partial("uh", 0)]
+    assert shown(core) == [Partial("uh", 0)]
     jobs = feed(core, clock, silence(0.6, 16000))  # too short: dropped
     assert [job for job in jobs if not job.partial] == []
-    events = core.events_to_send()
+    events = shown(core)
     assert (
         len(events) == 1 and isinstance(events[0], Final) and (events[0].text, events[0].segment) == ("", 0)
     )
@@ -157,9 +169,9 @@ def test_an_eager_guess_confirmed_by_the_pause_is_the_final_and_no_second_job_is
     (guess,) = jobs
     assert guess.eager and guess.segment == 0
     core.result(text(guess, "early"), clock.now)
-    assert core.events_to_send() == []  # held: the pause is not confirmed yet
+    assert shown(core) == []  # held: the pause is not confirmed yet
     assert feed(core, clock, silence(0.5, 16000)) == []  # confirmed: the guess's job was this segment
-    events = core.events_to_send()
+    events = shown(core)
     assert len(events) == 1 and isinstance(events[0], Final) and events[0].text == "early"
     assert (events[0].start, events[0].end) == (guess.start, guess.end)
 
@@ -185,7 +197,7 @@ def test_a_guess_whose_speech_resumed_is_wasted_and_the_segment_is_queued_anew()
     assert [bool(job.eager) for job in jobs] == [True, False]
     core.result(text(jobs[0], "half"), clock.now)
     core.result(text(jobs[1], "whole"), clock.now)
-    events = core.events_to_send()
+    events = shown(core)
     assert [e.text for e in events if isinstance(e, Final)] == ["whole"]
 
 
@@ -203,7 +215,7 @@ def test_a_sent_final_is_measured_whole_and_in_parts() -> None:
     clock = Clock()
     jobs = feed(core, clock, utterances(1.0))
     core.result(text(jobs[0]), clock.now)
-    events: list[ServerEvent] = core.events_to_send()
+    events: list[ServerEvent] = shown(core)
     core.sent(events[0], 1.5)
     sample = registry.get_sample_value
     assert sample("stt_e2e_latency_seconds_count", {"model": "swift"}) == 1
@@ -211,3 +223,37 @@ def test_a_sent_final_is_measured_whole_and_in_parts() -> None:
     assert sample("stt_segment_model_seconds_sum", {"model": "swift"}) == pytest.approx(0.2)
     assert sample("stt_relay_seconds_sum", {"model": "swift"}) == pytest.approx(0.2)
     assert sample("stt_segments_enqueued_total", {"model": "swift"}) == 1
+
+
+def test_speech_is_told_as_it_starts_and_ends_and_every_segment_is_answered() -> None:
+    """What protocols other than ours are told (Deepgram's SpeechStarted, OpenAI's speech_started,
+    speech_stopped and committed items): the start of speech, its end as a segment (or as
+    nothing, when it was noise), why it ended, and a final for every segment, silent when
+    nothing was said."""
+    core, clock = make_core("--partial-ms", "400", "--min-speech-ms", "500", partials=True)
+    jobs = feed(core, clock, silence(0.5, 16000) + tone_pcm(1.0, 16000))
+    started = core.events_to_send()
+    assert len(started) == 1 and isinstance(started[0], SpeechStarted)
+    asked = [job for job in jobs if job.partial][-1]
+    core.result(SegmentResult("s1", 0, "text", "hel", partial=True), clock.now)
+    (partial,) = core.events_to_send()
+    assert isinstance(partial, Partial) and (partial.start, partial.end) == (asked.start, asked.end)
+    assert started[0].at == asked.start  # where the segment starts: its pre-roll included
+    core.finalize(clock.now)
+    (closed,) = [job for job in core.jobs_to_queue() if not job.partial]
+    (ended,) = core.events_to_send()
+    assert isinstance(ended, SpeechEnded) and (ended.segment, ended.ended) == (0, "finalize")
+    assert (ended.start, ended.end) == (closed.start, closed.end)
+    core.result(text(closed), clock.now)
+    (final,) = core.events_to_send()
+    assert isinstance(final, Final) and final.ended == "finalize" and not final.silent
+    # Speech that is too short to be speech: it started, and ended as no segment.
+    feed(core, clock, tone_pcm(0.3, 16000) + silence(0.6, 16000))
+    kinds = [(type(e), getattr(e, "segment", 0)) for e in core.events_to_send()]
+    assert kinds == [(SpeechStarted, 0), (SpeechEnded, None)]
+    # A segment with nothing said: answered all the same, silent (our protocol shows nothing).
+    (job,) = [j for j in feed(core, clock, tone_pcm(1.0, 16000) + silence(0.6, 16000)) if not j.partial]
+    core.events_to_send()
+    core.result(SegmentResult("s1", job.segment, "empty", reason="noise"), clock.now)
+    (empty,) = core.events_to_send()
+    assert isinstance(empty, Final) and empty.silent and empty.ended == "silence" and not native.shown(empty)

@@ -40,6 +40,8 @@ from services.protocol import (
     SegmentJob,
     SegmentResult,
     ServerEvent,
+    SpeechEnded,
+    SpeechStarted,
     WarningEvent,
 )
 from services.segmenter import Dropped, Event, Segment, Segmenter, Tentative, VadFn
@@ -93,6 +95,7 @@ class SessionCore:
         self._jobs: list[SegmentJob] = []
         self._events: list[ServerEvent] = []
         self._warned: set[str] = set()  # warning codes sent on this channel
+        self._speaking = False  # SpeechStarted was sent for the segment now open
 
     # --- outputs ---------------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class SessionCore:
         config = self.config
         for event in self.segmenter.feed(pcm):
             self._segmenter_event(event, now)
+        self._started(self.segmenter.speech_start)
         if self.partials:
             self._request_partial(now)
         if max(self.segmenter.position, now - self.opened) > config.max_session_s:
@@ -173,7 +177,11 @@ class SessionCore:
             fresh = result.segment == self.ledger.next_number and self.segmenter.in_speech
             if fresh and result.text:
                 self.ledger.mark_partial(result.segment)
-                self._events.append(Partial(result.text, result.segment, self.channel, self.role))
+                start = self.segmenter.speech_start or 0.0
+                partial = Partial(
+                    result.text, result.segment, self.channel, self.role, start, self._last_partial
+                )
+                self._events.append(partial)
             return
         if result.eager:
             verdict = self.eager.result(result)
@@ -191,7 +199,7 @@ class SessionCore:
         """``event`` reached the client: a final's latency, whole and in parts; an error's code."""
         if isinstance(event, ErrorEvent):
             self.metrics.errors.labels(event.code).inc()
-        if not isinstance(event, Final):
+        if not isinstance(event, Final) or event.silent:
             return
         timings = self._timings.pop(event.segment, {})
         model = self.model
@@ -228,11 +236,24 @@ class SessionCore:
         log.info("session %s channel %d warned: %s (%s)", self.id, self.channel, code, message)
         self._events.append(WarningEvent(code, message, round(level, 1), self.channel, self.role))
 
+    def _started(self, at: float | None) -> None:
+        """Speech began (``at``, when a segment is open) and the client has not been told yet."""
+        if at is not None and not self._speaking:
+            self._speaking = True
+            self._events.append(SpeechStarted(at, self.channel, self.role))
+
+    def _speech_ended(self, number: int | None, event: Segment | Dropped) -> None:
+        ended = SpeechEnded(number, event.start, event.end, event.reason, self.channel, self.role)
+        self._events.append(ended)
+
     def _segmenter_event(self, event: Event, now: float) -> None:
+        # A segment may start and close within one feed: its start is told first.
+        self._started(event.segment.start if isinstance(event, Tentative) else event.start)
         if isinstance(event, Tentative):
             self.tentative = event.segment
             return
         self.tentative = None  # the pause it offered a guess for has ended, one way or the other
+        self._speaking = False
         if isinstance(event, Dropped):
             self._dropped(event, now)
         else:
@@ -250,15 +271,23 @@ class SessionCore:
             event.peak_db,
         )
         self.metrics.segments_dropped.labels(event.reason).inc()
+        number = None
         if self.ledger.had_partial(self.ledger.next_number):
             # The client saw partials of it: the number is used, and its final is empty.
-            number = self.ledger.add(event.start, event.end, now, now)
+            number = self.ledger.add(event.start, event.end, now, now, event.reason)
+        self._events.append(
+            SpeechEnded(number, event.start, event.end, event.reason, self.channel, self.role)
+        )
+        if number is not None:
             self._final(SegmentResult(self.id, number, "empty", reason=event.reason), now)
 
     def _segment(self, event: Segment, now: float) -> None:
         self.metrics.vad_hangover.labels(self.model).observe(self.segmenter.position - event.speech_end)
         self._check_level(event)
-        number = self.ledger.add(event.start, event.end, now, now)
+        number = self.ledger.add(event.start, event.end, now, now, event.reason)
+        self._events.append(
+            SpeechEnded(number, event.start, event.end, event.reason, self.channel, self.role)
+        )
         guess = self.eager.close(number, event)
         if guess is None:
             pcm = resample_pcm16(event.pcm, self.rate)

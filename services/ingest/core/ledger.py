@@ -2,7 +2,8 @@
 
 Numbers segments, remembers which are still unanswered, drops duplicate results,
 releases results strictly in segment order, and turns a segment that waited past
-its deadline into an error event so a session never hangs on a lost result.
+its deadline into an error event so a session never hangs on a lost result. Every segment
+answered gets a final; one with nothing said is ``silent`` unless the client saw partials of it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class Outstanding:
     end: float
     endpoint_at: float
     deadline: float
+    ended: str  # why the segment closed (Final.ended)
 
 
 class Ledger:
@@ -46,11 +48,11 @@ class Ledger:
         """Segments enqueued whose events have not been released yet."""
         return self._next - self._head
 
-    def add(self, start: float, end: float, endpoint_at: float, now: float) -> int:
-        """Record a segment about to be enqueued; return its number."""
+    def add(self, start: float, end: float, endpoint_at: float, now: float, ended: str = "") -> int:
+        """Record a segment about to be enqueued (closed for ``ended``); return its number."""
         number = self._next
         self._next += 1
-        self._open[number] = Outstanding(start, end, endpoint_at, now + self.timeout)
+        self._open[number] = Outstanding(start, end, endpoint_at, now + self.timeout, ended)
         return number
 
     def next_deadline(self) -> float | None:
@@ -83,14 +85,18 @@ class Ledger:
             item = self._open.pop(self._head)
             if isinstance(result, ErrorEvent):
                 events.append(result)
-            elif result.outcome == "text":
-                latency = now - item.endpoint_at
-                final = Final(result.text, self._head, item.start, item.end, latency)
-                events.append(replace(final, words=tuple(result.words), confidence=result.confidence))
             elif result.outcome == "error":
                 events.append(ErrorEvent("transcription_failed", result.reason, self._head))
-            elif self._head in self._partial:  # empty, but the partial on screen must be replaced
-                events.append(Final("", self._head, item.start, item.end, now - item.endpoint_at))
+            else:
+                final = Final(result.text, self._head, item.start, item.end, now - item.endpoint_at)
+                final = replace(
+                    final, words=tuple(result.words), confidence=result.confidence, ended=item.ended
+                )
+                # Empty: a final all the same where a partial of it is on screen and must be replaced.
+                silent = result.outcome != "text" and self._head not in self._partial
+                events.append(
+                    replace(final, text=final.text if result.outcome == "text" else "", silent=silent)
+                )
             self._partial.discard(self._head)
             self._head += 1
         return events

@@ -27,6 +27,7 @@ from services.ingest.core.channels import Channels
 from services.ingest.outputs.webhook import Webhook
 from services.ingest.pipeline.backlog import waiting
 from services.ingest.pipeline.results import LOST, WAKE
+from services.ingest.protocols import native
 from services.ingest.protocols.adapter import Adapter
 from services.ingest.protocols.telephony import frames as telephony
 from services.ingest.protocols.telephony.call import Call, record
@@ -334,7 +335,8 @@ class CallSession(Runner):
         raise AssertionError("unreachable")
 
     async def _send(self, event: ServerEvent) -> None:
-        await self.record(event)
+        if native.shown(event):  # a call's stream keeps our protocol's events
+            await self.record(event)
         self.core.sent(event, time.time())
 
     async def record(self, event: ServerEvent) -> None:

@@ -7,7 +7,16 @@ import json
 
 from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
 from services.ingest.protocols.adapter import Frame, Opened
-from services.protocol import ErrorEvent, ProtocolError, Ready, ServerEvent, check_prompt
+from services.protocol import (
+    ErrorEvent,
+    Final,
+    ProtocolError,
+    Ready,
+    ServerEvent,
+    SpeechEnded,
+    SpeechStarted,
+    check_prompt,
+)
 
 CONTROLS: dict[str, Input] = {
     "eof": EndOfAudio(),
@@ -15,6 +24,14 @@ CONTROLS: dict[str, Input] = {
     "keepalive": KeepAlive(),
     "finalize": Finalize(),
 }
+
+
+def shown(event: ServerEvent) -> bool:
+    """Whether our protocol has a message for ``event``: not for speech starting and ending, nor
+    for a final with nothing said (other protocols tell those)."""
+    if isinstance(event, SpeechStarted | SpeechEnded):
+        return False
+    return not (isinstance(event, Final) and event.silent)
 
 
 def parse_text(text: str) -> Input:
@@ -55,7 +72,7 @@ class Native:
         return [parse_text(message)]
 
     def render(self, event: ServerEvent) -> list[Frame]:
-        return [event.to_json()]
+        return [event.to_json()] if shown(event) else []
 
     def refusal(self, error: ProtocolError) -> list[Frame]:
         return [ErrorEvent(error.code, error.message).to_json()]
