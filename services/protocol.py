@@ -32,7 +32,7 @@ CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 
 
-# Every ``code`` an error event can carry (the README's table explains each).
+# Every ``code`` an error event can carry (docs/protocols.md's table explains each).
 ERROR_CODES = (
     "bad_sample_rate",
     "bad_parameter",

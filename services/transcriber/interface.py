@@ -34,7 +34,7 @@ MAX_PROMPT_TOKENS = 223
 # Whisper's encoder was trained on 30 s windows of 3000 log-mel frames (100 a second), and pads
 # every clip to that. Most segments are a few seconds long, so most of that work is padding: a
 # segment is instead padded to the smallest of these window lengths (seconds) that holds it with
-# CONTEXT_MARGIN_S to spare. The default was chosen by bench/context.py (README, "Context").
+# CONTEXT_MARGIN_S to spare. The default was chosen by bench/context.py (docs/performance.md, "Context").
 WINDOW_S = 30
 FRAMES_PER_SECOND = 100
 DEFAULT_CONTEXT_S = (10, 15, 20, 30)

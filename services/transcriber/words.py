@@ -116,7 +116,7 @@ def dtw_starts(cost: NDArray[np.float64]) -> list[int]:
 
     Cell (i, j) of the cumulative table depends on (i - 1, j - 1), (i - 1, j) and (i, j - 1),
     all on the two anti-diagonals before its own (i + j): each anti-diagonal is one numpy step,
-    tokens + steps of them instead of tokens x steps Python steps (README, Word timings, for
+    tokens + steps of them instead of tokens x steps Python steps (docs/protocols.md, Word timings, for
     the figures). The table is kept skewed, ``skewed[i + j, i]`` holding cell (i, j); cells off
     the table (row or column 0 but the origin, or past the last column) stay infinite."""
     rows, cols = cost.shape

@@ -1,6 +1,6 @@
 // The browser microphone client. Microphone -> AudioWorklet (16-bit PCM, 20 ms frames)
 // -> binary WebSocket frames to this page's host; server events -> the transcript.
-// Wire protocol: see "Protocol" in the README.
+// Wire protocol: see "Our protocol" in docs/protocols.md.
 
 const RATES = [8000, 16000, 32000, 48000]; // the sample rates the server accepts
 const FALLBACK_RATE = 48000;
