@@ -84,6 +84,7 @@ QUERY_PARAMS = (
     "encoding",
     "channels",
     "roles",
+    "turns",
     "token",
 )
 # A session's vocabulary for the model (Whisper's initial prompt): names, products, jargon.
@@ -102,6 +103,7 @@ class SessionParams:
     roles: tuple[str, ...] = ()  # a name per channel, or none
     words: bool = False  # word timings and confidence on every final
     prompt: str = ""  # the model's initial prompt: words to expect
+    turns: bool = False  # our protocol: also tell speech_started, eager_end and turn_resumed
 
     @property
     def bytes_per_sample(self) -> int:
@@ -175,7 +177,10 @@ def parse_query(query: str) -> SessionParams:
             f"roles={','.join(roles)!r}: one distinct name per channel ({channels}), letters, digits, _ or -",
         )
     model = _last(params, "model") or None
-    return SessionParams(sample_rate, model, partials, encoding, channels, roles, words, _prompt(params))
+    layout = (encoding, channels, roles)
+    return SessionParams(
+        sample_rate, model, partials, *layout, words, _prompt(params), _flag(params, "turns")
+    )
 
 
 # What a telephony stream may set, in its URL or in the platform's custom parameters of ``start``
@@ -368,6 +373,43 @@ class SpeechEnded:
 
 
 @dataclass(frozen=True)
+class EagerEnd:
+    """Eager endpointing's guess came back while the pause is still being confirmed: if no more
+    speech comes, ``text`` is the segment's final (a voice agent may start its reply now)."""
+
+    text: str
+    segment: int
+    start: float
+    end: float
+    channel: int = 0
+    role: str | None = None
+    type: Literal["eager_end"] = "eager_end"
+
+    def to_json(self) -> str:
+        span = {"start": round(self.start, 3), "end": round(self.end, 3)}
+        return _dump(
+            {"type": self.type, "text": self.text, "segment": self.segment}
+            | span
+            | _channel(self.channel, self.role)
+        )
+
+
+@dataclass(frozen=True)
+class TurnResumed:
+    """Speech came back after an ``EagerEnd``: its text is not the final after all."""
+
+    segment: int
+    at: float
+    channel: int = 0
+    role: str | None = None
+    type: Literal["turn_resumed"] = "turn_resumed"
+
+    def to_json(self) -> str:
+        out = {"type": self.type, "segment": self.segment, "at": round(self.at, 3)}
+        return _dump(out | _channel(self.channel, self.role))
+
+
+@dataclass(frozen=True)
 class Done:
     type: Literal["done"] = "done"
 
@@ -388,7 +430,17 @@ class CallEvent:
 
 
 ServerEvent = (
-    Ready | Partial | Final | ErrorEvent | WarningEvent | SpeechStarted | SpeechEnded | Done | CallEvent
+    Ready
+    | Partial
+    | Final
+    | ErrorEvent
+    | WarningEvent
+    | SpeechStarted
+    | SpeechEnded
+    | EagerEnd
+    | TurnResumed
+    | Done
+    | CallEvent
 )
 
 

@@ -13,9 +13,11 @@ from services.ingest.config import parse_args
 from services.ingest.core.channel import SessionCore
 from services.ingest.core.channels import Channels
 from services.ingest.protocols import native
+from services.ingest.protocols.native import Native
 from services.metrics import IngestMetrics
 from services.protocol import (
     MODEL_RATE,
+    EagerEnd,
     ErrorEvent,
     Final,
     Partial,
@@ -24,6 +26,8 @@ from services.protocol import (
     ServerEvent,
     SpeechEnded,
     SpeechStarted,
+    TurnResumed,
+    parse_query,
 )
 from tests.test_segmenter import loud, silence, tone_pcm
 
@@ -257,3 +261,37 @@ def test_speech_is_told_as_it_starts_and_ends_and_every_segment_is_answered() ->
     core.result(SegmentResult("s1", job.segment, "empty", reason="noise"), clock.now)
     (empty,) = core.events_to_send()
     assert isinstance(empty, Final) and empty.silent and empty.ended == "silence" and not native.shown(empty)
+
+
+def turn_events(core: SessionCore) -> list[tuple[str, str]]:
+    """What a voice agent hears of turns: (kind, text)."""
+    told: list[tuple[str, str]] = []
+    for event in core.events_to_send():
+        if isinstance(event, EagerEnd | Final):
+            told.append((event.type, event.text))
+        elif isinstance(event, TurnResumed | SpeechStarted):
+            told.append((event.type, ""))
+    return told
+
+
+def test_a_guess_answered_before_its_pause_is_confirmed_is_told_early_and_then_resumed_or_final() -> None:
+    """Flux's EagerEndOfTurn / TurnResumed / EndOfTurn: the guess's text is told as soon as it
+    comes; speech after it says the turn resumed; a confirmed pause makes that text the final."""
+    core, clock = make_core("--silence-ms", "600", "--eager-ms", "250")
+    guesses = feed(core, clock, silence(0.5, 16000) + tone_pcm(1.0, 16000) + silence(0.3, 16000))
+    (guess,) = [j for j in guesses if j.eager]
+    core.result(text(guess, "half"), clock.now)  # the pause is not confirmed yet
+    assert turn_events(core) == [("speech_started", ""), ("eager_end", "half")]
+    jobs = feed(core, clock, tone_pcm(0.5, 16000))  # speech goes on
+    assert turn_events(core) == [("turn_resumed", "")]
+    jobs = feed(core, clock, silence(0.3, 16000))
+    (second,) = [j for j in jobs if j.eager]
+    core.result(text(second, "whole"), clock.now)
+    assert turn_events(core) == [("eager_end", "whole")]
+    feed(core, clock, silence(0.5, 16000))  # confirmed: the guess is the final, nothing resumed
+    assert turn_events(core) == [("final", "whole")]
+    params = parse_query("turns=true")
+    assert params.turns and not parse_query("").turns
+    eager = EagerEnd("whole", 0, 0.5, 1.5)
+    assert native.shown(eager, turns=True) and not native.shown(eager)
+    assert Native(turns=True).render(eager) == [eager.to_json()] and Native().render(eager) == []

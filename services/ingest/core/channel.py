@@ -33,6 +33,7 @@ from services.ingest.core.eager import Eager
 from services.ingest.core.ledger import Ledger
 from services.metrics import IngestMetrics
 from services.protocol import (
+    EagerEnd,
     ErrorEvent,
     Final,
     Partial,
@@ -42,6 +43,7 @@ from services.protocol import (
     ServerEvent,
     SpeechEnded,
     SpeechStarted,
+    TurnResumed,
     WarningEvent,
 )
 from services.segmenter import Dropped, Event, Segment, Segmenter, Tentative, VadFn
@@ -96,6 +98,8 @@ class SessionCore:
         self._events: list[ServerEvent] = []
         self._warned: set[str] = set()  # warning codes sent on this channel
         self._speaking = False  # SpeechStarted was sent for the segment now open
+        self._guess_span = (0.0, 0.0)  # the audio of the latest guess queued
+        self._told_eager: int | None = None  # the segment an EagerEnd was told for, not yet ended
 
     # --- outputs ---------------------------------------------------------------------------------
 
@@ -130,6 +134,8 @@ class SessionCore:
         for event in self.segmenter.feed(pcm):
             self._segmenter_event(event, now)
         self._started(self.segmenter.speech_start)
+        if self.segmenter.in_speech and self.segmenter.trailing_silence == 0:
+            self._resumed()  # a voiced frame: the guess's segment will not end where it guessed
         if self.partials:
             self._request_partial(now)
         if max(self.segmenter.position, now - self.opened) > config.max_session_s:
@@ -162,6 +168,7 @@ class SessionCore:
             return
         pcm = resample_pcm16(segment.pcm, self.rate)
         job = SegmentJob(self.id, number, pcm, segment.start, segment.end, now, now, eager=token)
+        self._guess_span = (segment.start, segment.end)
         self._jobs.append(self._mark(job))
         self.metrics.eager_guesses.labels(self.model, "queued").inc()
 
@@ -187,6 +194,10 @@ class SessionCore:
             verdict = self.eager.result(result)
             if verdict == "wasted":
                 self.metrics.eager_guesses.labels(self.model, "wasted").inc()
+            if verdict == "held" and result.outcome == "text" and result.text:
+                self._told_eager = result.segment
+                eager = EagerEnd(result.text, result.segment, *self._guess_span, self.channel, self.role)
+                self._events.append(eager)
             if verdict != "final":
                 return  # held until its pause is confirmed, or its guess was abandoned
         self._final(result, now)
@@ -236,6 +247,13 @@ class SessionCore:
         log.info("session %s channel %d warned: %s (%s)", self.id, self.channel, code, message)
         self._events.append(WarningEvent(code, message, round(level, 1), self.channel, self.role))
 
+    def _resumed(self) -> None:
+        """Speech went on after an EagerEnd was told: say its text is not the final."""
+        if self._told_eager is not None:
+            at = self.segmenter.position
+            self._events.append(TurnResumed(self._told_eager, at, self.channel, self.role))
+            self._told_eager = None
+
     def _started(self, at: float | None) -> None:
         """Speech began (``at``, when a segment is open) and the client has not been told yet."""
         if at is not None and not self._speaking:
@@ -250,6 +268,7 @@ class SessionCore:
         # A segment may start and close within one feed: its start is told first.
         self._started(event.segment.start if isinstance(event, Tentative) else event.start)
         if isinstance(event, Tentative):
+            self._resumed()  # a new pause: the last guess's was not the end
             self.tentative = event.segment
             return
         self.tentative = None  # the pause it offered a guess for has ended, one way or the other
@@ -261,6 +280,7 @@ class SessionCore:
 
     def _dropped(self, event: Dropped, now: float) -> None:
         self.eager.abandon()
+        self._resumed()
         log.debug(
             "session %s dropped %.2f-%.2f s (%s, %.2f s voiced, peak %.1f dBFS)",
             self.id,
@@ -289,6 +309,9 @@ class SessionCore:
             SpeechEnded(number, event.start, event.end, event.reason, self.channel, self.role)
         )
         guess = self.eager.close(number, event)
+        if guess is None:
+            self._resumed()
+        self._told_eager = None  # the segment ended: its final is the turn's end
         if guess is None:
             pcm = resample_pcm16(event.pcm, self.rate)
             self._jobs.append(self._mark(SegmentJob(self.id, number, pcm, event.start, event.end, now, now)))

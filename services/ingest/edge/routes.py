@@ -53,7 +53,8 @@ Route = ClientRoute | CallRoute | EventsRoute
 
 
 def _native(query: str) -> tuple[SessionParams, Adapter]:
-    return parse_query(query), Native()
+    params = parse_query(query)
+    return params, Native(params.turns)
 
 
 NATIVE = ClientRoute("native", _native)

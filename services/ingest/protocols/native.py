@@ -8,6 +8,7 @@ import json
 from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
 from services.ingest.protocols.adapter import Frame, Opened
 from services.protocol import (
+    EagerEnd,
     ErrorEvent,
     Final,
     ProtocolError,
@@ -15,6 +16,7 @@ from services.protocol import (
     ServerEvent,
     SpeechEnded,
     SpeechStarted,
+    TurnResumed,
     check_prompt,
 )
 
@@ -26,10 +28,13 @@ CONTROLS: dict[str, Input] = {
 }
 
 
-def shown(event: ServerEvent) -> bool:
-    """Whether our protocol has a message for ``event``: not for speech starting and ending, nor
-    for a final with nothing said (other protocols tell those)."""
-    if isinstance(event, SpeechStarted | SpeechEnded):
+def shown(event: ServerEvent, turns: bool = False) -> bool:
+    """Whether our protocol has a message for ``event``. Speech starting, eager endpointing's
+    guess and a turn resuming after it only when the session asked (``?turns=true``); never the
+    end of speech (its final tells) nor a final with nothing said (other protocols tell those)."""
+    if isinstance(event, SpeechStarted | EagerEnd | TurnResumed):
+        return turns
+    if isinstance(event, SpeechEnded):
         return False
     return not (isinstance(event, Final) and event.silent)
 
@@ -61,6 +66,9 @@ def parse_text(text: str) -> Input:
 class Native:
     """``ready`` first; every event as its own JSON; ``error`` before a close."""
 
+    def __init__(self, turns: bool = False) -> None:
+        self.turns = turns
+
     def greeting(self, opened: Opened) -> list[Frame]:
         params = opened.params
         layout = (params.encoding, params.channels, params.roles, params.words)
@@ -72,7 +80,7 @@ class Native:
         return [parse_text(message)]
 
     def render(self, event: ServerEvent) -> list[Frame]:
-        return [event.to_json()] if shown(event) else []
+        return [event.to_json()] if shown(event, self.turns) else []
 
     def refusal(self, error: ProtocolError) -> list[Frame]:
         return [ErrorEvent(error.code, error.message).to_json()]
