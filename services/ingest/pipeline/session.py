@@ -28,7 +28,7 @@ from services.ingest.outputs.webhook import Webhook
 from services.ingest.pipeline.backlog import waiting
 from services.ingest.pipeline.results import LOST, WAKE
 from services.ingest.protocols import native
-from services.ingest.protocols.adapter import Adapter
+from services.ingest.protocols.adapter import Adapter, Reply
 from services.ingest.protocols.telephony import frames as telephony
 from services.ingest.protocols.telephony.call import Call, record
 from services.lifecycle import honour_cancellation
@@ -80,6 +80,8 @@ class Runner(abc.ABC):
         self.results = results
         self.stream = keys.segment_stream(core.model)
         self.partials_stream = keys.partials_stream(core.model)
+        self.idle_timeout = config.idle_timeout  # no frame for this long ends the session
+        self.replies: list[str | bytes] = []  # frames that answer the client's last one, sent at once
 
     async def run(self) -> None:
         """Until ``done`` is sent; raises ClientGone or ProtocolError if the session ends early."""
@@ -119,7 +121,7 @@ class Runner(abc.ABC):
         raise ClientGone()
 
     async def _receive(self) -> None:
-        idle_timeout = self.config.idle_timeout
+        idle_timeout = self.idle_timeout
         try:
             # One timer rescheduled per frame: asyncio.wait_for would cost a task per frame.
             async with asyncio.timeout(None) as idle:
@@ -133,13 +135,15 @@ class Runner(abc.ABC):
         core = self.core
         loop = asyncio.get_running_loop()
         while True:
-            idle.reschedule(loop.time() + self.config.idle_timeout)
+            idle.reschedule(loop.time() + self.idle_timeout)
             try:
                 message = await self.ws.recv()
             except ConnectionClosed as closed:
                 self._closed(closed)
             else:
                 self._take(message, time.time())
+            while self.replies:
+                await self._deliver(self.replies.pop(0))
             await self._offer_guesses()
             await self._queue(core.jobs_to_queue())
             if core.eof or core.has_events:
@@ -231,6 +235,13 @@ class Runner(abc.ABC):
     async def _send(self, event: ServerEvent) -> None:
         """Deliver one of the core's events; then report it with ``core.sent``."""
 
+    async def _deliver(self, frame: str | bytes) -> None:
+        """Send one frame; a client that does not read for ``send_timeout`` is cut off."""
+        try:
+            await asyncio.wait_for(self.ws.send(frame), self.config.send_timeout)
+        except TimeoutError:
+            raise ProtocolError("slow_client", "the client does not read its results") from None
+
 
 class Session(Runner):
     """A client speaking one of the wire protocols (``services.ingest.protocols``): its frames go
@@ -248,20 +259,21 @@ class Session(Runner):
     ) -> None:
         super().__init__(ws, core, config, client, results, cold)
         self.adapter = adapter
+        self.idle_timeout = adapter.idle_timeout() or config.idle_timeout
 
     def _take(self, message: str | bytes, now: float) -> None:
-        """One frame of the client's protocol, through its adapter, into the core."""
-        for given in self.adapter.take(message):
-            self.core.apply(given, now)
+        """One frame of the client's protocol, through its adapter, into the core; the
+        protocol's immediate replies to it wait in ``replies`` for the receiver to send."""
+        for taken in self.adapter.take(message):
+            if isinstance(taken, Reply):
+                self.replies.append(taken.frame)
+            else:
+                self.core.apply(taken, now)
 
     async def _send(self, event: ServerEvent) -> None:
-        """Send one event in the client's protocol; a client that does not read for
-        ``send_timeout`` is cut off."""
-        try:
-            for frame in self.adapter.render(event):
-                await asyncio.wait_for(self.ws.send(frame), self.config.send_timeout)
-        except TimeoutError:
-            raise ProtocolError("slow_client", "the client does not read its results") from None
+        """Send one event in the client's protocol."""
+        for frame in self.adapter.render(event):
+            await self._deliver(frame)
         self.core.sent(event, time.time())
 
 

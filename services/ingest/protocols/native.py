@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
-from services.ingest.protocols.adapter import Frame, Opened
+from services.ingest.protocols.adapter import Frame, Opened, Reply
 from services.protocol import (
     EagerEnd,
     ErrorEvent,
@@ -74,7 +74,7 @@ class Native:
         layout = (params.encoding, params.channels, params.roles, params.words)
         return [Ready(opened.session, opened.model, params.sample_rate, opened.partials, *layout).to_json()]
 
-    def take(self, message: Frame) -> list[Input]:
+    def take(self, message: Frame) -> list[Input | Reply]:
         if isinstance(message, bytes):
             return [Audio(message)]
         return [parse_text(message)]
@@ -84,3 +84,6 @@ class Native:
 
     def refusal(self, error: ProtocolError) -> list[Frame]:
         return [ErrorEvent(error.code, error.message).to_json()]
+
+    def idle_timeout(self) -> float | None:
+        return None
