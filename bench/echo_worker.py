@@ -20,12 +20,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-import numpy as np
-from numpy.typing import NDArray
-
 from services.config import setup_logging
 from services.transcriber.config import ConfigError, parse_args
-from services.transcriber.interface import Transcript
+from services.transcriber.interface import Clips, Transcript
 from services.transcriber.worker import run
 
 ECHO = Transcript("echo", 0.0)
@@ -39,10 +36,7 @@ class EchoModel:
         self.per_segment = per_segment
 
     def transcribe(
-        self,
-        batch: Sequence[NDArray[np.float32]],
-        words: Sequence[bool] = (),
-        prompts: Sequence[str] = (),
+        self, batch: Clips, words: Sequence[bool] = (), prompts: Sequence[str] = ()
     ) -> list[Transcript]:
         if batch and (self.base or self.per_segment):
             time.sleep(self.base + self.per_segment * len(batch))

@@ -20,7 +20,7 @@ from services.stack import MODEL_DIR, ROOT, Proc, Stack, free_port, port_open, r
 from services.transcriber.config import ConfigError, parse_args
 from services.transcriber.ct2_model import CTranslate2Model, LogMel, ct2_directory, ct2_max_length
 from services.transcriber.guard import judge
-from services.transcriber.interface import Decoding, ModelLoadError, Transcript
+from services.transcriber.interface import Clips, Decoding, ModelLoadError, Transcript
 from services.transcriber.worker import Worker, ensure_group
 from tests.helpers import finals, run_client
 from tools.speech import Speech, wer
@@ -138,10 +138,7 @@ class NoModel:
     """Reading a batch never reaches the model."""
 
     def transcribe(
-        self,
-        batch: Sequence[NDArray[np.float32]],
-        words: Sequence[bool] = (),
-        prompts: Sequence[str] = (),
+        self, batch: Clips, words: Sequence[bool] = (), prompts: Sequence[str] = ()
     ) -> list[Transcript]:
         raise AssertionError("the model is not part of reading a batch")
 

@@ -34,6 +34,7 @@ from services.transcriber.interface import (
     FRAMES_PER_SECOND,
     MAX_PROMPT_TOKENS,
     WINDOW_S,
+    Clips,
     Decoding,
     ModelLoadError,
     Transcript,
@@ -76,7 +77,7 @@ class LogMel:
         n = np.arange(N_FFT)
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)).astype(np.float32)  # periodic Hann
 
-    def __call__(self, batch: Sequence[NDArray[np.float32]], n_frames: int) -> NDArray[np.float32]:
+    def __call__(self, batch: Clips, n_frames: int) -> NDArray[np.float32]:
         from scipy import fft
 
         samples = n_frames * HOP
@@ -185,16 +186,13 @@ class CTranslate2Model:
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids))
 
-    def features(self, batch: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
+    def features(self, batch: Clips) -> NDArray[np.float32]:
         """The batch's log-mel features over the context window that fits its longest clip."""
         seconds = max(len(clip) for clip in batch) / SAMPLE_RATE
         return self.mel(batch, context_frames(seconds, self.decoding.context_s))
 
     def transcribe(
-        self,
-        batch: Sequence[NDArray[np.float32]],
-        words: Sequence[bool] = (),
-        prompts: Sequence[str] = (),
+        self, batch: Clips, words: Sequence[bool] = (), prompts: Sequence[str] = ()
     ) -> list[Transcript]:
         if not batch:
             return []
@@ -240,9 +238,7 @@ class CTranslate2Model:
             results.update(zip(group, generated, strict=True))
         return [results[n] for n in members]
 
-    def align(
-        self, mel: NDArray[np.float32], batch: Sequence[NDArray[np.float32]], texts: list[list[int]]
-    ) -> list[list[Word]]:
+    def align(self, mel: NDArray[np.float32], batch: Clips, texts: list[list[int]]) -> list[list[Word]]:
         """Each clip's words with their times (none for a clip without ``texts``): CTranslate2's
         ``align`` (dynamic time warping over the alignment heads' cross-attention), one more
         decoder pass over the tokens chosen. It adds about 75 % to a segment's model time (mean

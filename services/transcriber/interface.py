@@ -58,12 +58,13 @@ class Transcript:
     words: tuple[Word, ...] = ()  # with times from the clip's start, when the backend aligns
 
 
+# A batch: 16 kHz float32 mono clips, each under 30 s.
+Clips = Sequence[NDArray[np.float32]]
+
+
 class SpeechModel(Protocol):
     def transcribe(
-        self,
-        batch: Sequence[NDArray[np.float32]],
-        words: Sequence[bool] = (),
-        prompts: Sequence[str] = (),
+        self, batch: Clips, words: Sequence[bool] = (), prompts: Sequence[str] = ()
     ) -> list[Transcript]:
         """Transcribe 16 kHz float32 mono clips, each under 30 s; ``words[i]``: time clip i's
         words too; ``prompts[i]``: words to expect in clip i (Whisper's initial prompt). A

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from services.transcriber.interface import (
     MAX_PROMPT_TOKENS,
+    Clips,
     Decoding,
     ModelLoadError,
     Transcript,
@@ -87,10 +88,7 @@ class WhisperModel:
 
     @torch.inference_mode()
     def transcribe(
-        self,
-        batch: Sequence[NDArray[np.float32]],
-        words: Sequence[bool] = (),
-        prompts: Sequence[str] = (),
+        self, batch: Clips, words: Sequence[bool] = (), prompts: Sequence[str] = ()
     ) -> list[Transcript]:
         if not batch:
             return []
