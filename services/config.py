@@ -7,12 +7,18 @@ value stops the process with one clear line (``argparse`` exits with code 2).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.redis_url import parse_sentinel
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Settings = TypeVar("Settings", bound="DataclassInstance")
 
 
 class EnvArgumentParser(argparse.ArgumentParser):
@@ -61,6 +67,13 @@ def add_common_flags(parser: EnvArgumentParser) -> None:
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
     )
+
+
+def from_args(settings: type[Settings], args: argparse.Namespace, **derived: Any) -> Settings:
+    """The ``settings`` dataclass: the fields in ``derived`` as given, each other one the flag
+    of its name as parsed."""
+    names = [field.name for field in dataclasses.fields(settings) if field.name not in derived]
+    return settings(**{name: getattr(args, name) for name in names}, **derived)
 
 
 def setup_logging(level: str) -> None:

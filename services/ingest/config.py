@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.catalog import requested_pool
-from services.config import EnvArgumentParser, add_common_flags, boolean, positive
+from services.config import EnvArgumentParser, add_common_flags, boolean, from_args, positive
 from services.ingest.outputs.webhook import parse_url
 from services.segmenter import SegmenterConfig
 
@@ -301,40 +301,16 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
             parser.error(f"cannot read --api-keys-file: {exc}")
         if not api_keys:
             parser.error(f"--api-keys-file {args.api_keys_file} holds no key")
-    return IngestConfig(
-        host=args.host,
-        port=args.port,
-        redis_url=args.redis_url,
+    # Every other field is its flag as parsed.
+    return from_args(
+        IngestConfig,
+        args,
         default_model=requested_pool(args.default_model),
         segmenter=segmenter,
-        max_frame_bytes=args.max_frame_bytes,
-        result_timeout=args.result_timeout,
-        stream_maxlen=args.stream_maxlen,
-        drain_timeout=args.drain_timeout,
-        idle_timeout=args.idle_timeout,
-        send_timeout=args.send_timeout,
-        max_session_s=args.max_session_s,
-        ping_interval=args.ping_interval,
-        ping_timeout=args.ping_timeout,
-        max_sessions=args.max_sessions,
-        max_backlog=args.max_backlog,
         pools=frozenset(requested_pool(name) for name in args.pools.split(",") if name.strip()),
-        pool_start_timeout=args.pool_start_timeout,
         api_keys=frozenset(api_keys),
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
-        web=args.web,
-        partial_ms=args.partial_ms,
-        eager_max_backlog=args.eager_max_backlog,
-        durable_ms=args.durable_ms,
-        calls=CallConfig(
-            args.call_events_ttl,
-            args.call_events_maxlen,
-            args.twilio_auth_token,
-            args.webhook_url,
-            args.webhook_secret,
+        calls=from_args(
+            CallConfig, args, events_ttl=args.call_events_ttl, events_maxlen=args.call_events_maxlen
         ),
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        metrics_port=args.metrics_port,
-        log_level=args.log_level,
     )

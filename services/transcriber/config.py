@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.catalog import served_pool
-from services.config import EnvArgumentParser, add_common_flags, positive
+from services.config import EnvArgumentParser, add_common_flags, from_args, positive
 from services.transcriber.interface import DEFAULT_CONTEXT_S, WINDOW_S, Decoding
 
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
@@ -211,22 +211,14 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
     device, dtype = resolve_device(args.backend, args.device, compute_dtype)
     compute_type = resolve_compute_type(args.backend, device, args.dtype, args.compute_type)
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    return TranscriberConfig(
-        redis_url=args.redis_url,
-        model_id=args.model_id,
+    # Every other field is its flag as parsed.
+    return from_args(
+        TranscriberConfig,
+        args,
         name=served_pool(args.model_id, args.serve_as),
-        role=args.role,
-        backend=args.backend,
         device=device,
         dtype=dtype,
         compute_type=compute_type,
         decoding=Decoding(args.language, args.task, args.beam_size, args.context),
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        claim_idle_ms=args.claim_idle_ms,
-        max_attempts=args.max_attempts,
-        threads=args.threads,
-        metrics_port=args.metrics_port,
         consumer=consumer,
-        log_level=args.log_level,
     )
