@@ -18,10 +18,8 @@ from common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     SAMPLE_RATES,
-    Display,
     add_stream_arguments,
-    build_url,
-    stream_session,
+    run_session,
 )
 from websockets.asyncio.client import ClientConnection
 
@@ -126,15 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         print(conversion_hint(args.wav_path), file=sys.stderr)
         return EXIT_USAGE
     with wav:
-        layout = {"channels": args.channels, "roles": args.roles, "words": args.words, "prompt": args.prompt}
-        url = build_url(args.uri, wav.getframerate(), args.model, partials=args.partials, **layout)
-        display = Display(as_json=args.json, partials=args.partials, channels=args.channels)
 
         async def send_audio(ws: ClientConnection) -> None:
             await send_wav(ws, wav, chunk_ms=args.chunk_duration, paced=not args.fast)
 
+        session = run_session(args, wav.getframerate(), send_audio, channels=args.channels, roles=args.roles)
         try:
-            status = asyncio.run(stream_session(url, send_audio, display, args.timeout, args.ca_file))
+            status, display = asyncio.run(session)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -20,10 +20,8 @@ from common import (
     EXIT_OK,
     EXIT_USAGE,
     SAMPLE_RATES,
-    Display,
     add_stream_arguments,
-    build_url,
-    stream_session,
+    run_session,
 )
 from websockets.asyncio.client import ClientConnection
 
@@ -224,16 +222,7 @@ async def stream_microphone(args: argparse.Namespace, pyaudio: Any, audio: Any) 
         with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C quits at once
             loop.add_signal_handler(signal.SIGINT, on_interrupt)
         print(f"listening on {device['name']} at {args.sample_rate} Hz; Ctrl-C to stop", file=sys.stderr)
-        url = build_url(
-            args.uri,
-            args.sample_rate,
-            args.model,
-            partials=args.partials,
-            words=args.words,
-            prompt=args.prompt,
-        )
-        display = Display(as_json=args.json, partials=args.partials)
-        status = await stream_session(url, chunks.send_all, display, args.timeout, args.ca_file)
+        status, _ = await run_session(args, args.sample_rate, chunks.send_all)
     if chunks.dropped:
         print(
             f"warning: dropped {chunks.dropped} audio chunks the connection could not take", file=sys.stderr

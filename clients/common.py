@@ -332,3 +332,27 @@ async def stream_session(
     finally:
         # A normal close, also when interrupted (``async with`` would send 1011).
         await ws.close()
+
+
+async def run_session(
+    args: argparse.Namespace,
+    sample_rate: int,
+    send_audio: AudioSender,
+    *,
+    channels: int = 1,
+    roles: str | None = None,
+) -> tuple[int, Display]:
+    """One session as the options of ``add_stream_arguments`` in ``args`` ask for it: the exit
+    status, and the display (which keeps the finals)."""
+    url = build_url(
+        args.uri,
+        sample_rate,
+        args.model,
+        partials=args.partials,
+        channels=channels,
+        roles=roles,
+        words=args.words,
+        prompt=args.prompt,
+    )
+    display = Display(as_json=args.json, partials=args.partials, channels=channels)
+    return await stream_session(url, send_audio, display, args.timeout, args.ca_file), display

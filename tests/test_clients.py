@@ -157,6 +157,20 @@ async def with_server(
     return seen
 
 
+def file_client_against(
+    handler: Handler, *args: str, refuse: bool = False, uri_path: str = ""
+) -> tuple[Seen, tuple[int, str, str]]:
+    """Run the file client with ``args`` against ``handler`` (``--uri``: its server, plus
+    ``uri_path``): what the server saw, and the client's (exit status, stdout, stderr)."""
+    result: list[tuple[int, str, str]] = []
+
+    async def scenario(uri: str, seen: Seen) -> None:
+        result.append(await run_client(FILE_CLIENT, "--uri", uri + uri_path, *args))
+
+    seen = asyncio.run(with_server(handler, scenario, refuse=refuse))
+    return seen, result[0]
+
+
 @pytest.fixture
 def speech_wav(tmp_path: Path) -> tuple[Path, bytes]:
     """0.5 s plus 5 samples at 16 kHz: fifty 10 ms chunks and a short last one."""
@@ -226,19 +240,11 @@ def test_file_client_reports_missing_file(tmp_path: Path) -> None:
 
 def test_file_client_streams_pcm_and_prints_finals(speech_wav: tuple[Path, bytes]) -> None:
     path, frames = speech_wav
-    result: list[tuple[int, str, str]] = []
-
-    async def scenario(uri: str, seen: Seen) -> None:
-        result.append(
-            await run_client(
-                FILE_CLIENT,
-                *("--uri", f"{uri}/asr?token=abc", "--wav-path", str(path)),
-                *("--chunk-duration", "10", "--model", "swift", "--fast"),
-            )
-        )
-
-    seen = asyncio.run(with_server(speak_protocol, scenario))
-    status, out, err = result[0]
+    seen, (status, out, err) = file_client_against(
+        speak_protocol,
+        *("--wav-path", str(path), "--chunk-duration", "10", "--model", "swift", "--fast"),
+        uri_path="/asr?token=abc",
+    )
     assert status == 0, err
     assert seen.path == "/asr?token=abc&sample_rate=16000&model=swift"
     assert b"".join(seen.chunks) == frames
@@ -253,15 +259,7 @@ def test_file_client_streams_pcm_and_prints_finals(speech_wav: tuple[Path, bytes
 
 def test_file_client_json_prints_every_event(speech_wav: tuple[Path, bytes]) -> None:
     path, _ = speech_wav
-    result: list[tuple[int, str, str]] = []
-
-    async def scenario(uri: str, seen: Seen) -> None:
-        result.append(
-            await run_client(FILE_CLIENT, "--uri", uri, "--wav-path", str(path), "--fast", "--json")
-        )
-
-    asyncio.run(with_server(speak_protocol, scenario))
-    status, out, err = result[0]
+    _, (status, out, err) = file_client_against(speak_protocol, "--wav-path", str(path), "--fast", "--json")
     assert status == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert [event["type"] for event in events] == ["ready", "final", "progress", "final", "done"]
@@ -271,15 +269,10 @@ def test_file_client_json_prints_every_event(speech_wav: tuple[Path, bytes]) -> 
 def test_file_client_paces_in_real_time(tmp_path: Path) -> None:
     path = tmp_path / "third.wav"
     write_wav(path, pcm(4800), rate=16000)  # 0.3 s: ten 30 ms chunks
-    result: list[tuple[int, str, str]] = []
-
-    async def scenario(uri: str, seen: Seen) -> None:
-        result.append(
-            await run_client(FILE_CLIENT, "--uri", uri, "--wav-path", str(path), "--chunk-duration", "30")
-        )
-
-    seen = asyncio.run(with_server(speak_protocol, scenario))
-    assert result[0][0] == 0, result[0][2]
+    seen, (status, _, err) = file_client_against(
+        speak_protocol, "--wav-path", str(path), "--chunk-duration", "30"
+    )
+    assert status == 0, err
     assert len(seen.chunks) == 10
     # The first chunk leaves 30 ms in, the last one 300 ms in: 270 ms apart.
     assert 0.2 < seen.arrivals[-1] - seen.arrivals[0] < 1.0
@@ -287,13 +280,7 @@ def test_file_client_paces_in_real_time(tmp_path: Path) -> None:
 
 def test_file_client_reports_close_code_and_reason(speech_wav: tuple[Path, bytes]) -> None:
     path, _ = speech_wav
-    result: list[tuple[int, str, str]] = []
-
-    async def scenario(uri: str, seen: Seen) -> None:
-        result.append(await run_client(FILE_CLIENT, "--uri", uri, "--wav-path", str(path), "--fast"))
-
-    asyncio.run(with_server(try_again_later, scenario))
-    status, out, err = result[0]
+    _, (status, out, err) = file_client_against(try_again_later, "--wav-path", str(path), "--fast")
     assert status == 1
     assert out == ""
     assert "1013" in err and "try again later" in err
@@ -302,13 +289,7 @@ def test_file_client_reports_close_code_and_reason(speech_wav: tuple[Path, bytes
 
 def test_file_client_prints_error_event_then_close(speech_wav: tuple[Path, bytes]) -> None:
     path, _ = speech_wav
-    result: list[tuple[int, str, str]] = []
-
-    async def scenario(uri: str, seen: Seen) -> None:
-        result.append(await run_client(FILE_CLIENT, "--uri", uri, "--wav-path", str(path), "--fast"))
-
-    asyncio.run(with_server(fail_after_eof, scenario))
-    status, _, err = result[0]
+    _, (status, _, err) = file_client_against(fail_after_eof, "--wav-path", str(path), "--fast")
     assert status == 1
     assert "error model_failed: out of memory" in err
     assert "1011" in err and "transcriber failed" in err
@@ -316,13 +297,7 @@ def test_file_client_prints_error_event_then_close(speech_wav: tuple[Path, bytes
 
 def test_file_client_reports_http_refusal(speech_wav: tuple[Path, bytes]) -> None:
     path, _ = speech_wav
-    result: list[tuple[int, str, str]] = []
-
-    async def scenario(uri: str, seen: Seen) -> None:
-        result.append(await run_client(FILE_CLIENT, "--uri", uri, "--wav-path", str(path), "--fast"))
-
-    asyncio.run(with_server(speak_protocol, scenario, refuse=True))
-    status, _, err = result[0]
+    _, (status, _, err) = file_client_against(speak_protocol, "--wav-path", str(path), "--fast", refuse=True)
     assert status == 1
     assert "HTTP 503" in err and "all transcribers busy" in err
     assert "Traceback" not in err
@@ -343,14 +318,9 @@ def test_file_client_reports_connection_refused(speech_wav: tuple[Path, bytes]) 
 
 def test_file_client_gives_up_waiting_for_done(speech_wav: tuple[Path, bytes]) -> None:
     path, _ = speech_wav
-    result: list[tuple[int, str, str]] = []
-
-    async def scenario(uri: str, seen: Seen) -> None:
-        args = ("--uri", uri, "--wav-path", str(path), "--fast", "--timeout", "0.3")
-        result.append(await run_client(FILE_CLIENT, *args))
-
-    seen = asyncio.run(with_server(never_done, scenario))
-    status, _, err = result[0]
+    seen, (status, _, err) = file_client_against(
+        never_done, "--wav-path", str(path), "--fast", "--timeout", "0.3"
+    )
     assert seen.eof
     assert status == 1
     assert "no 'done' from the server within 0.3 s" in err
@@ -358,13 +328,7 @@ def test_file_client_gives_up_waiting_for_done(speech_wav: tuple[Path, bytes]) -
 
 def test_file_client_accepts_older_servers(speech_wav: tuple[Path, bytes]) -> None:
     path, _ = speech_wav
-    result: list[tuple[int, str, str]] = []
-
-    async def scenario(uri: str, seen: Seen) -> None:
-        result.append(await run_client(FILE_CLIENT, "--uri", uri, "--wav-path", str(path), "--fast"))
-
-    asyncio.run(with_server(oriserve_style, scenario))
-    status, out, _ = result[0]
+    _, (status, out, _) = file_client_against(oriserve_style, "--wav-path", str(path), "--fast")
     assert status == 0
     assert out.splitlines() == ["purana server"]
 
