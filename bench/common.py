@@ -247,3 +247,11 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     """A bench's JSON report at ``path``, its folder made if need be."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_report(path: Path, report: dict[str, Any], *, show: bool = False) -> None:
+    """A bench's last word: its report written at ``path`` (``show``: printed whole first), and where."""
+    if show:
+        print(report)
+    write_report(path, report)
+    print(f"wrote {path}")

@@ -47,7 +47,7 @@ import numpy as np
 import redis
 import redis.asyncio as aioredis
 
-from bench.common import Fleet, Session, fleet, write_report
+from bench.common import Fleet, Session, fleet, save_report
 from bench.measure import cpu_seconds, nearest_rank, spread
 from bench.peers import SeedSession
 from services import keys
@@ -687,8 +687,7 @@ def main() -> int:
     report["wall_s"] = round(time.time() - started)
     report["verdicts"] = verdicts(report, args)
     print(table(report))
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from bench.common import write_report
+from bench.common import save_report
 from bench.measure import spread
 from services.stack import ROOT, Proc, free_port, port_open, redis_args, wait_until
 
@@ -65,9 +65,7 @@ def main() -> int:
         "segment_bytes": len(SEGMENT),
         "ms": {label: spread([t * 1000 for t in values], (50, 99), 3) for label, values in times.items()},
     }
-    print(report)
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report, show=True)
     return 0
 
 

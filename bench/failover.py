@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from redis.sentinel import Sentinel
 
-from bench.common import write_report
+from bench.common import save_report
 from services.stack import ROOT
 from tools.sentinels import SERVICE, Topology
 
@@ -102,9 +102,7 @@ def main() -> int:
         "command": ".venv/bin/python -m bench.failover",
         "runs": [run(0, args.seconds, args.rate), run(args.durable_ms, args.seconds, args.rate)],
     }
-    print(report)
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report, show=True)
     return 0
 
 

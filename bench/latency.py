@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import webrtcvad
 
-from bench.common import match_finals, stream_real_time, write_report
+from bench.common import match_finals, save_report, stream_real_time
 from services.stack import POOL, ROOT, Stack, start_ingest
 from tools.speech import HINDI_CLIPS, Speech, Stream, wer
 
@@ -101,8 +101,7 @@ def main() -> int:
     runs = pauses_inside_speech(HINDI_CLIPS)
     report["hindi_pauses_ms"] = sorted(runs)
     print(f"pauses inside the {len(HINDI_CLIPS)} real Hindi clips (ms): {sorted(runs)}")
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

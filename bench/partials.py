@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import match_finals, stream_real_time, write_report
+from bench.common import match_finals, save_report, stream_real_time
 from services.stack import POOL, ROOT, Stack, alive, serving, wait_until
 from tools.speech import Speech, Stream
 
@@ -100,8 +100,7 @@ def main() -> int:
                 f"{result['on']['max_s']:.2f} s; same finals: {result['same_finals']}",
                 flush=True,
             )
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

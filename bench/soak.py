@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import Session, match_finals, write_report
+from bench.common import Session, match_finals, save_report
 from bench.measure import spread
 from services.stack import POOL, ROOT, Proc, Stack
 from tools.speech import Speech, Stream
@@ -342,8 +342,7 @@ def main() -> int:
         "rss_samples_mib": run["samples"],
     }
     summary(result, judged, problems)
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0 if judged["pass"] else 1
 
 

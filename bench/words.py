@@ -30,7 +30,7 @@ import torch
 from numpy.typing import NDArray
 from scipy.ndimage import median_filter
 
-from bench.common import write_report
+from bench.common import save_report
 from bench.measure import spread
 from services.stack import CT2_DIR, MODEL_DIR, ROOT
 from services.transcriber.ct2_model import CTranslate2Model
@@ -136,8 +136,7 @@ def main() -> int:
         kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
         kept["alignment"] = {"command": ".venv/bin/python -m bench.words --alignment-only", **alignment()}
         print(json.dumps(kept["alignment"], indent=2))
-        write_report(args.out, kept)
-        print(f"wrote {args.out}")
+        save_report(args.out, kept)
         return 0
     decoding = Decoding(context_s=DEFAULT_CONTEXT_S)
     report: dict[str, Any] = {"command": ".venv/bin/python -m bench.words"}
@@ -149,8 +148,7 @@ def main() -> int:
         report["transformers_fp32"] = measure(transformers, Path(folder) / "transformers")
     report["alignment"] = alignment()
     print(json.dumps(report, indent=2))
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 
