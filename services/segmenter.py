@@ -160,7 +160,11 @@ class Segmenter:
         self._eager_frames = max(n(config.eager_ms), self._post_frames) if config.eager_ms else 0
         self._pending = bytearray()
         self._count = 0  # frames seen so far
+        # Waiting for speech: the frames that may open a segment (the start window and the
+        # pre-roll before it), and the start window's voiced flags.
         self._history: deque[tuple[bytes, bool]] = deque(maxlen=self._start_frames + self._pre_frames)
+        self._start_window: deque[bool] = deque(maxlen=self._start_frames)
+        # In speech: the voiced flags of the pause window that may close it.
         self._trail: deque[bool] = deque(maxlen=n(config.silence_ms))
         self._speech: list[tuple[bytes, bool]] | None = None  # the open segment's frames
         self._speech_first = 0  # index of the open segment's first frame
@@ -242,30 +246,51 @@ class Segmenter:
         return [self._close(len(self._speech), "eof")]
 
     def _step(self, frame: bytes, voiced: bool) -> list[Event]:
+        """One VAD frame: waiting for speech, or in it."""
         self._count += 1
         if self._speech is None:
-            self._history.append((frame, voiced))
-            recent = list(self._history)[-self._start_frames :]
-            if sum(v for _, v in recent) < START_VOICED_SHARE * self._start_frames:
-                return []
-            first_voiced = next(i for i, (_, v) in enumerate(recent) if v)
-            begin = max(0, len(self._history) - len(recent) + first_voiced - self._pre_frames)
-            self._speech = list(self._history)[begin:]
-            self._speech_first = self._count - len(self._speech)
-            self._history.clear()
-            self._trail.clear()
+            self._wait_for_speech(frame, voiced)
             return []
-        self._speech.append((frame, voiced))
+        return self._in_speech(frame, voiced)
+
+    def _wait_for_speech(self, frame: bytes, voiced: bool) -> None:
+        """Speech starts once ``START_VOICED_SHARE`` of the start window is voiced: the segment
+        opens at the window's first voiced frame, less the pre-roll."""
+        self._history.append((frame, voiced))
+        self._start_window.append(voiced)
+        if sum(self._start_window) < START_VOICED_SHARE * self._start_frames:
+            return
+        window_first = len(self._history) - len(self._start_window)
+        begin = max(0, window_first + self._start_window.index(True) - self._pre_frames)
+        self._speech = list(self._history)[begin:]
+        self._speech_first = self._count - len(self._speech)
+        self._history.clear()
+        self._start_window.clear()
+        self._trail.clear()
+
+    def _in_speech(self, frame: bytes, voiced: bool) -> list[Event]:
+        """The segment closes once no more than ``END_VOICED_SHARE`` of the pause window is
+        voiced (its post-roll kept), or is cut at its length limit."""
+        speech = self._speech
+        assert speech is not None
+        speech.append((frame, voiced))
         self._trail.append(voiced)
         if len(self._trail) == self._trail.maxlen and sum(self._trail) <= END_VOICED_SHARE * len(self._trail):
-            last_voiced = max(i for i, (_, v) in enumerate(self._speech) if v)
-            return [self._close(min(len(self._speech), last_voiced + 1 + self._post_frames), "silence")]
-        if len(self._speech) >= self._max_frames:
+            last_voiced = max(i for i, (_, v) in enumerate(speech) if v)
+            return [self._close(min(len(speech), last_voiced + 1 + self._post_frames), "silence")]
+        if len(speech) >= self._max_frames:
             return [self._close(self._cut_point(), "max_length")]
+        if self._eager_frames and not voiced:
+            return self._eager_guess(speech)
+        return []
+
+    def _eager_guess(self, speech: list[tuple[bytes, bool]]) -> list[Event]:
+        """Once a pause has lasted ``eager_ms``: the segment it will close if no more speech
+        comes (``Tentative``), unless that one would be dropped."""
         eager = self._eager_frames
-        if eager and not voiced and len(self._speech) > eager and self._unvoiced_run() == eager:
-            last_voiced = len(self._speech) - eager - 1
-            guess = self._event(self._speech[: last_voiced + 1 + self._post_frames], "silence")
+        if len(speech) > eager and self._unvoiced_run() == eager:
+            last_voiced = len(speech) - eager - 1
+            guess = self._event(speech[: last_voiced + 1 + self._post_frames], "silence")
             if isinstance(guess, Segment):
                 return [Tentative(guess)]
         return []
@@ -307,6 +332,7 @@ class Segmenter:
         else:
             self._speech = None
             self._history.extend(rest)
+            self._start_window.extend(v for _, v in rest)
         return event
 
     def _event(self, frames: list[tuple[bytes, bool]], reason: Reason) -> Segment | Dropped:
