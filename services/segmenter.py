@@ -276,7 +276,8 @@ class Segmenter:
         speech.append((frame, voiced))
         self._trail.append(voiced)
         if len(self._trail) == self._trail.maxlen and sum(self._trail) <= END_VOICED_SHARE * len(self._trail):
-            last_voiced = max(i for i, (_, v) in enumerate(speech) if v)
+            # None voiced when a length cut fell inside the pause: what is left closes as a drop.
+            last_voiced = max((i for i, (_, v) in enumerate(speech) if v), default=-1)
             return [self._close(min(len(speech), last_voiced + 1 + self._post_frames), "silence")]
         if len(speech) >= self._max_frames:
             return [self._close(self._cut_point(), "max_length")]

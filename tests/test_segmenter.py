@@ -160,3 +160,15 @@ def test_real_speech_at_every_rate_with_webrtc_vad(rate: int, speech: Speech) ->
         assert start - 0.45 <= seg.start <= start  # pre-roll included, first syllable not clipped
         assert end - 0.2 <= seg.speech_end <= end + 0.25  # WebRTC VAD holds on a little
         assert seg.end - seg.start < 30
+
+
+def test_a_length_cut_inside_a_pause_leaves_nothing_voiced_and_ends_cleanly() -> None:
+    """Speech up to just before the length limit, then a pause: the cut lands in the pause, and
+    what is left of the segment has no voiced frame. Its end is a drop, not a crash."""
+    calls = iter(range(10**6))
+    seg = Segmenter(16000, SegmenterConfig(), vad=lambda _: next(calls) < 923, confirm=lambda _: 1.0)
+    events = seg.feed(tone_pcm(1123 * 0.03, 16000)) + seg.flush()  # the VAD above decides
+    segments = [e for e in events if isinstance(e, Segment)]
+    assert len(segments) == 1 and segments[0].end <= 28.0
+    assert all(isinstance(e, Segment | Dropped) for e in events)
+    assert not seg.in_speech
