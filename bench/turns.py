@@ -27,7 +27,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from bench.common import write_report
+from bench.common import save_report
 from bench.fidelity import EVALSET, Utterance, load_evalset, stack
 from bench.measure import spread
 from services.stack import ROOT
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "lead_s": spread([t["end"] - t["eager"] for t in eager], (50, 95, 100), 3),
     }
     print(json.dumps(report, indent=2))
-    write_report(args.out, report)
+    save_report(args.out, report)
     return 0
 
 

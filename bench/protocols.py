@@ -1,0 +1,179 @@
+"""Does speaking Deepgram's or OpenAI's protocol cost latency? End of speech -> final, per protocol.
+
+    .venv/bin/python -m bench.protocols [--protocols native,deepgram,flux,openai] [--concurrency 2]
+                                        [--env KEY=VALUE ...] [--out bench/results/protocols.json]
+
+Starts `make run`'s stack (``python -m services.stack``, its defaults unless ``--env`` overrides
+one) on a private redis-server, as ``bench.fidelity`` does. Each real recording of
+``bench/evalset`` (material nothing was tuned on) is streamed once per protocol, in its own
+session, at real-time pace in 20 ms frames, followed by 1.5 s of silence; the protocols take
+turns utterance by utterance, so they share the machine's state. An utterance's latency is the
+arrival of its session's last final (ours: ``final``; Deepgram: ``Results`` with ``is_final``;
+Flux: ``EndOfTurn``; OpenAI Realtime: ``...input_audio_transcription.completed``) minus the
+moment the frame holding the recording's last sample was sent. Reported per protocol: p50/p95
+latency and how many utterances got text. ``native-words`` is ours with ``words=1``: Deepgram's
+results always carry timed words, so that is its like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import connect
+
+from bench.common import save_report
+from bench.fidelity import EVALSET, Utterance, load_evalset, stack
+from bench.measure import spread
+from services.stack import ROOT
+
+RATE = 16000
+FRAME_S = 0.02
+TAIL_S = 1.5
+
+
+@dataclass(frozen=True)
+class Wire:
+    """How one protocol is spoken: its path, its audio frames, its end of audio, its finals."""
+
+    path: str
+    rate: int
+    frame: Callable[[bytes], str | bytes]
+    end: str
+    final: Callable[[dict[str, Any]], bool]
+
+
+def _openai_audio(pcm: bytes) -> str:
+    return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
+
+
+WIRES = {
+    "native": Wire("/?sample_rate=16000", RATE, bytes, '{"type": "eof"}', lambda m: m.get("type") == "final"),
+    # Ours with word timings: what Deepgram's results always carry, so its like for like.
+    "native-words": Wire(
+        "/?sample_rate=16000&words=1", RATE, bytes, '{"type": "eof"}', lambda m: m.get("type") == "final"
+    ),
+    "deepgram": Wire(
+        "/v1/listen?model=nova-3&encoding=linear16&sample_rate=16000",
+        RATE,
+        bytes,
+        '{"type": "CloseStream"}',
+        lambda m: m.get("type") == "Results" and bool(m.get("is_final")),
+    ),
+    "flux": Wire(
+        "/v2/listen?model=flux-general-en&encoding=linear16&sample_rate=16000",
+        RATE,
+        bytes,
+        '{"type": "CloseStream"}',
+        lambda m: m.get("type") == "TurnInfo" and m.get("event") == "EndOfTurn",
+    ),
+    "openai": Wire(
+        "/v1/realtime?intent=transcription",
+        24000,
+        _openai_audio,
+        '{"type": "input_audio_buffer.commit"}',
+        lambda m: m.get("type") == "conversation.item.input_audio_transcription.completed",
+    ),
+}
+
+
+def text_of(message: dict[str, Any]) -> str:
+    if "transcript" in message:
+        return str(message["transcript"])
+    if "channel" in message and isinstance(message["channel"], dict):
+        return str(message["channel"]["alternatives"][0]["transcript"])
+    return str(message.get("text", ""))
+
+
+def at_rate(pcm: bytes, rate: int) -> bytes:
+    """16 kHz PCM at ``rate`` (linear interpolation: enough for a latency bench)."""
+    if rate == RATE:
+        return pcm
+    samples = np.frombuffer(pcm, np.int16).astype(np.float64)
+    times = np.arange(int(len(samples) * rate / RATE)) * RATE / rate
+    return bytes(np.interp(times, np.arange(len(samples)), samples).astype("<i2").tobytes())
+
+
+async def one(uri: str, wire: Wire, utt: Utterance) -> float | None:
+    """Stream one utterance; the latency of its last final with text, or None when none came."""
+    speech = at_rate(utt.pcm(), wire.rate)
+    pcm = speech + bytes(int(TAIL_S * wire.rate) * 2)
+    frame = int(wire.rate * FRAME_S) * 2
+    last_sample_sent = 0.0
+    answered: list[float] = []
+    headers = {"Authorization": "Bearer x"}
+    async with connect(uri + wire.path, additional_headers=headers, max_size=None) as ws:
+
+        async def read() -> None:
+            async for raw in ws:
+                message = json.loads(raw)
+                if wire.final(message) and text_of(message).strip():
+                    answered.append(time.monotonic())
+
+        reader = asyncio.create_task(read())
+        start = time.monotonic()
+        for n, offset in enumerate(range(0, len(pcm), frame)):
+            await ws.send(wire.frame(pcm[offset : offset + frame]))
+            if offset < len(speech) <= offset + frame:
+                last_sample_sent = time.monotonic()
+            await asyncio.sleep(max(0.0, start + (n + 1) * FRAME_S - time.monotonic()))
+        await ws.send(wire.end)
+        await asyncio.sleep(3.0)  # every final of this utterance is in by now (p95 is far below)
+        reader.cancel()
+    return answered[-1] - last_sample_sent if answered else None
+
+
+async def run_all(
+    uri: str, utts: list[Utterance], names: list[str], concurrency: int
+) -> dict[str, list[float | None]]:
+    gate = asyncio.Semaphore(concurrency)
+    latencies: dict[str, list[float | None]] = {name: [] for name in names}
+
+    async def timed(name: str, utt: Utterance) -> None:
+        async with gate:
+            latencies[name].append(await one(uri, WIRES[name], utt))
+
+    await asyncio.gather(*(timed(name, utt) for utt in utts for name in names))
+    return latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocols", default=",".join(WIRES), help=f"some of {', '.join(WIRES)}")
+    parser.add_argument("--concurrency", type=int, default=2, help="sessions streaming at once")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stack (make run's)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "protocols.json")
+    args = parser.parse_args(argv)
+    names = args.protocols.split(",")
+    if set(names) - set(WIRES):
+        parser.error(f"unknown protocols {sorted(set(names) - set(WIRES))}")
+    utts = load_evalset(EVALSET)
+    with tempfile.TemporaryDirectory() as workdir, stack(args.env, Path(workdir), "protocols") as uri:
+        latencies = asyncio.run(run_all(uri, utts, names, args.concurrency))
+    report: dict[str, Any] = {
+        "command": shlex.join(
+            ["python", "-m", "bench.protocols", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "utterances": len(utts),
+    }
+    for name, values in latencies.items():
+        got = [v for v in values if v is not None]
+        report[name] = {"answered": len(got), "latency_s": spread(got, (50, 95), 3)}
+    print(json.dumps(report, indent=2))
+    save_report(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
