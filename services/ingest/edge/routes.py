@@ -15,6 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 
 from services.ingest.outputs import events
+from services.ingest.protocols import openai_realtime
 from services.ingest.protocols.adapter import Adapter
 from services.ingest.protocols.native import Native
 from services.ingest.protocols.telephony import frames
@@ -58,7 +59,9 @@ def _native(query: str) -> tuple[SessionParams, Adapter]:
 
 
 NATIVE = ClientRoute("native", _native)
-CLIENTS: dict[str, ClientRoute] = {}
+CLIENTS: dict[str, ClientRoute] = {
+    "/v1/realtime": ClientRoute("openai-realtime", openai_realtime.parse),
+}
 CALLS: dict[str, CallRoute] = {f"/{platform}": CallRoute(platform) for platform in frames.PLATFORMS}
 
 
