@@ -8,14 +8,18 @@ other path speaks our own protocol (Oriserve's clients connect to ``/``).
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 
 from services.ingest.outputs import events
-from services.ingest.protocols import openai_realtime
+from services.ingest.protocols import deepgram, flux, openai_realtime
 from services.ingest.protocols.adapter import Adapter
 from services.ingest.protocols.native import Native
 from services.ingest.protocols.telephony import frames
@@ -58,8 +62,27 @@ def _native(query: str) -> tuple[SessionParams, Adapter]:
     return params, Native(params.turns)
 
 
+def _deepgram(query: str) -> tuple[SessionParams, Adapter]:
+    params, options = deepgram.parse(query)
+    return params, deepgram.Deepgram(options, datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+
+def _deepgram_refusal(ws: ServerConnection, error: ProtocolError) -> Response:
+    """Deepgram's refusal of a query: HTTP 400, the reason in its ``dg-error`` header and body."""
+    request_id = str(uuid.uuid4())
+    body = {"err_code": "Bad Request", "err_msg": error.message, "request_id": request_id}
+    response = ws.respond(HTTPStatus.BAD_REQUEST, json.dumps(body) + "\n")
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    response.headers["dg-error"] = error.message.encode("ascii", "replace").decode()
+    response.headers["dg-request-id"] = request_id
+    return response
+
+
 NATIVE = ClientRoute("native", _native)
 CLIENTS: dict[str, ClientRoute] = {
+    "/v1/listen": ClientRoute("deepgram", _deepgram, _deepgram_refusal),
+    "/v2/listen": ClientRoute("flux", flux.parse, _deepgram_refusal),
     "/v1/realtime": ClientRoute("openai-realtime", openai_realtime.parse),
 }
 CALLS: dict[str, CallRoute] = {f"/{platform}": CallRoute(platform) for platform in frames.PLATFORMS}

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ import redis.asyncio as redis
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.typing import Origin
+from websockets.typing import Origin, Subprotocol
 
 from services import keys, metrics, redis_url
 from services.catalog import requested_pool
@@ -283,6 +284,13 @@ async def read_start(ws: ServerConnection, platform: telephony.Platform) -> tele
             raise ProtocolError("bad_message", f"{type(parsed).__name__.lower()} before start")
 
 
+def select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Deepgram's browser form ``token, KEY`` is answered with ``token`` (a browser refuses a
+    handshake that selects none of its offers); any other client goes on without one."""
+    token = Subprotocol(auth.TOKEN_SUBPROTOCOL)
+    return token if token in offered else None
+
+
 async def discard_incoming(ws: ServerConnection) -> None:
     with contextlib.suppress(ConnectionClosed):
         async for _ in ws:
@@ -342,6 +350,7 @@ async def run(config: IngestConfig) -> None:
                 config.host,
                 config.port,
                 process_request=ingest.http,
+                select_subprotocol=select_subprotocol,
                 origins=[*map(Origin, config.allowed_origins), None] if config.allowed_origins else None,
                 # Frames up to twice the limit are read and refused with an error event;
                 # larger ones are cut off by websockets itself (close 1009).

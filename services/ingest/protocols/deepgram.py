@@ -1,0 +1,348 @@
+"""Deepgram's live API (``GET /v1/listen``), as Deepgram documents it and its SDK types it.
+
+Sans-I/O: ``parse`` reads the query string (a parameter that is not Deepgram's, or a value this
+service cannot honour, is refused; Deepgram's features this service does not have are accepted
+and listed as ignored); ``Deepgram`` turns binary frames into audio and ``KeepAlive``,
+``Finalize``, ``CloseStream`` into the core's inputs, and the core's events into ``Results``,
+``SpeechStarted``, ``UtteranceEnd`` and, after ``CloseStream``, ``Metadata``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from services.catalog import ALIASES, requested_pool
+from services.ingest.core.inputs import Audio, EndOfAudio, Finalize, Input, KeepAlive
+from services.ingest.protocols.adapter import Frame, Opened, Reply
+from services.protocol import (
+    ENCODINGS,
+    MAX_CHANNELS,
+    SAMPLE_RATES,
+    Done,
+    ErrorEvent,
+    Final,
+    Partial,
+    ProtocolError,
+    ServerEvent,
+    SessionParams,
+    SpeechStarted,
+    check_prompt,
+)
+
+log = logging.getLogger("ingest.deepgram")
+
+# Deepgram closes a stream that has had no audio and no KeepAlive for this long (NET-0001).
+IDLE_TIMEOUT_S = 10.0
+# Deepgram's own parameters this service honours, and ``token`` (our way of carrying a key).
+IMPLEMENTED = (
+    "model",
+    "encoding",
+    "sample_rate",
+    "channels",
+    "multichannel",
+    "interim_results",
+    "endpointing",
+    "utterance_end_ms",
+    "vad_events",
+    "keyterm",
+    "keywords",
+    "language",
+    "tag",
+    "token",
+)
+# The rest of Deepgram's documented live parameters: accepted, and told as ignored.
+IGNORED = (
+    "callback",
+    "callback_method",
+    "detect_entities",
+    "diarize",
+    "diarize_model",
+    "dictation",
+    "extra",
+    "filler_words",
+    "language_hint",
+    "mip_opt_out",
+    "numerals",
+    "profanity_filter",
+    "punctuate",
+    "redact",
+    "replace",
+    "search",
+    "smart_format",
+    "version",
+)
+# Deepgram's encodings that this service does not decode: refused, never misread.
+FOREIGN_ENCODINGS = ("linear32", "flac", "amr-nb", "amr-wb", "opus", "ogg-opus", "speex", "g729")
+# Deepgram's model names (what existing code carries): served by the default pool.
+DEEPGRAM_MODEL = re.compile(
+    r"(nova(-[23])?|enhanced|base)(-[a-z]+)*|meeting|phonecall|finance|conversationalai|voicemail|video|custom"
+)
+# Languages the Hindi/Hinglish pools answer (Whisper is asked nothing more specific).
+LANGUAGE = re.compile(r"(hi|en)([-_][A-Za-z]+)*|multi", re.IGNORECASE)
+ARCH = "whisper"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a session's query asks of the Deepgram protocol itself (beyond ``SessionParams``)."""
+
+    channels: int = 1
+    interim_results: bool = False
+    endpointing: bool = True  # speech_final on a final ended by a pause (off with endpointing=false)
+    utterance_end: bool = False  # UtteranceEnd after a final ended by a pause
+    vad_events: bool = False  # SpeechStarted
+    tag: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # Deepgram parameters given that this service does not act on
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError("bad_parameter", message)
+
+
+def _bool(params: dict[str, list[str]], name: str, default: bool = False) -> bool:
+    value = params.get(name, [""])[-1]
+    if not value:
+        return default
+    if value not in ("true", "false"):
+        raise _bad(f"{name}={value!r}: expected true or false")
+    return value == "true"
+
+
+def _int(params: dict[str, list[str]], name: str, default: int) -> int:
+    value = params.get(name, [""])[-1]
+    if not value:
+        return default
+    if not value.isdigit():
+        raise _bad(f"{name}={value!r}: expected a whole number")
+    return int(value)
+
+
+def _model(params: dict[str, list[str]]) -> str | None:
+    """Our pool names choose a pool; Deepgram's model names are served by the default pool."""
+    name = params.get("model", [""])[-1].strip()
+    return None if not name or DEEPGRAM_MODEL.fullmatch(name) else requested_pool(name)
+
+
+def _encoding(params: dict[str, list[str]]) -> str:
+    encoding = params.get("encoding", ["linear16"])[-1] or "linear16"
+    if encoding in ENCODINGS:
+        return encoding
+    if encoding in FOREIGN_ENCODINGS:
+        raise _bad(f"encoding {encoding!r} is not decoded here; use one of {', '.join(ENCODINGS)}")
+    raise _bad(f"unknown encoding {encoding!r}")
+
+
+def _prompt(params: dict[str, list[str]]) -> str:
+    """``keyterm``s and ``keywords`` (their ``:boost`` dropped) as the session's vocabulary."""
+    terms = params.get("keyterm", []) + [
+        word.rpartition(":")[0] or word for word in params.get("keywords", [])
+    ]
+    return check_prompt(", ".join(term.strip() for term in terms if term.strip()))
+
+
+def parse(query: str) -> tuple[SessionParams, Options]:
+    """A ``/v1/listen`` query; raises ProtocolError for anything that cannot be honoured."""
+    params = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(params) - {*IMPLEMENTED, *IGNORED})
+    if unknown:
+        raise _bad(f"unknown parameter {unknown[0]!r}")
+    rate = _int(params, "sample_rate", 16000)
+    if rate not in SAMPLE_RATES:
+        raise _bad(f"sample_rate={rate}: one of {', '.join(map(str, SAMPLE_RATES))} Hz")
+    channels, multichannel = _int(params, "channels", 1), _bool(params, "multichannel")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise _bad(f"channels={channels}: 1 to {MAX_CHANNELS}")
+    if channels > 1 and not multichannel:
+        raise _bad("channels are transcribed apart, never mixed: add multichannel=true")
+    endpointing = params.get("endpointing", [""])[-1]
+    if endpointing not in ("", "true", "false") and not endpointing.isdigit():
+        raise _bad(f"endpointing={endpointing!r}: milliseconds, or false")
+    _int(params, "utterance_end_ms", 0)
+    language = params.get("language", [""])[-1]
+    if language and not LANGUAGE.fullmatch(language):
+        raise _bad(f"language={language!r}: this service transcribes Hindi and English (hi, en, multi)")
+    session = SessionParams(
+        sample_rate=rate,
+        model=_model(params),
+        partials=_bool(params, "interim_results"),
+        encoding=_encoding(params),
+        channels=channels,
+        words=True,  # Deepgram's results always carry their words
+        prompt=_prompt(params),
+    )
+    options = Options(
+        channels=channels,
+        interim_results=session.partials,
+        endpointing=endpointing != "false",
+        utterance_end="utterance_end_ms" in params,
+        vad_events=_bool(params, "vad_events"),
+        tag=tuple(params.get("tag", [])),
+        ignored=tuple(sorted(set(params) & set(IGNORED))),
+    )
+    return session, options
+
+
+def _dump(message: dict[str, Any]) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def _word(word: dict[str, Any]) -> dict[str, Any]:
+    shown = str(word["word"]).strip()
+    bare = re.sub(r"[^\w'-]+", "", shown).lower() or shown.lower()
+    times = {"start": round(word["start"], 3), "end": round(word["end"], 3)}
+    return {"word": bare, **times, "confidence": round(word["confidence"], 4), "punctuated_word": shown}
+
+
+class Deepgram:
+    """No greeting; ``Results`` and the rest as Deepgram sends them; an ``Error`` before a close."""
+
+    def __init__(self, options: Options, created: str) -> None:
+        self.options = options
+        self.created = created  # ISO 8601, UTC: when the stream opened
+        self.request_id = ""
+        self.model = ""
+        self.bytes_per_second = 0
+        self.received = 0  # bytes of audio
+        self.sha256 = hashlib.sha256()
+
+    def idle_timeout(self) -> float | None:
+        return IDLE_TIMEOUT_S
+
+    @property
+    def model_uuid(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pool:{self.model}"))
+
+    def greeting(self, opened: Opened) -> list[Frame]:
+        params = opened.params
+        self.request_id, self.model = opened.session, opened.model
+        self.bytes_per_second = params.sample_rate * params.bytes_per_sample * params.channels
+        if self.options.ignored:
+            log.info(
+                "session %s: Deepgram parameters ignored: %s", opened.session, ", ".join(self.options.ignored)
+            )
+        if self.options.tag:
+            log.info("session %s: tag %s", opened.session, ", ".join(self.options.tag))
+        return []
+
+    def take(self, message: Frame) -> list[Input | Reply]:
+        if isinstance(message, bytes):
+            self.received += len(message)
+            self.sha256.update(message)
+            return [Audio(message)]
+        try:
+            control = json.loads(message)
+        except (ValueError, RecursionError):
+            raise ProtocolError("bad_message", f"text frame is not JSON: {message[:60]!r}") from None
+        kind = control.get("type") if isinstance(control, dict) else None
+        if kind == "KeepAlive":
+            return [KeepAlive()]
+        if kind == "Finalize":
+            return [Finalize()]
+        if kind == "CloseStream":
+            return [EndOfAudio()]
+        raise ProtocolError(
+            "bad_message", f"unknown message type {kind!r}; expected KeepAlive, Finalize or CloseStream"
+        )
+
+    def render(self, event: ServerEvent) -> list[Frame]:
+        options = self.options
+        if isinstance(event, Partial) and options.interim_results:
+            return [self._results(event.text, event.channel, event.start, event.end, 0.0, [], None)]
+        if isinstance(event, Final):
+            return self._final(event)
+        if isinstance(event, SpeechStarted) and options.vad_events:
+            started = {
+                "type": "SpeechStarted",
+                "channel": self._index(event.channel),
+                "timestamp": round(event.at, 3),
+            }
+            return [_dump(started)]
+        if isinstance(event, ErrorEvent):  # one segment's error: the stream goes on
+            return [self._error(event.code, event.message)]
+        if isinstance(event, Done):
+            return [self._metadata()]
+        return []
+
+    def refusal(self, error: ProtocolError) -> list[Frame]:
+        return [self._error(error.code, error.message)]
+
+    def _final(self, final: Final) -> list[Frame]:
+        """Its ``Results``; an ``UtteranceEnd`` after it when asked for and a pause ended it."""
+        words = [_word(word) for word in final.words]
+        confidence = final.confidence if final.confidence is not None else 0.0
+        results = self._results(
+            final.text, final.channel, final.start, final.end, confidence, words, final.ended
+        )
+        if not (self.options.utterance_end and final.ended == "silence" and not final.silent):
+            return [results]
+        last = words[-1]["end"] if words else round(final.end, 3)
+        return [
+            results,
+            _dump({"type": "UtteranceEnd", "channel": self._index(final.channel), "last_word_end": last}),
+        ]
+
+    def _index(self, channel: int) -> list[int]:
+        return [channel, self.options.channels]
+
+    def _results(
+        self,
+        transcript: str,
+        channel: int,
+        start: float,
+        end: float,
+        confidence: float,
+        words: list[dict[str, Any]],
+        ended: str | None,  # why its segment closed (Final.ended); None: an interim result
+    ) -> str:
+        message = {
+            "type": "Results",
+            "channel_index": self._index(channel),
+            "duration": round(max(0.0, end - start), 3),
+            "start": round(start, 3),
+            "is_final": ended is not None,
+            "speech_final": ended == "silence" and self.options.endpointing,
+            "from_finalize": ended == "finalize",
+            "channel": {
+                "alternatives": [{"transcript": transcript, "confidence": confidence, "words": words}]
+            },
+            "metadata": {
+                "request_id": self.request_id,
+                "model_info": self._model_info(),
+                "model_uuid": self.model_uuid,
+            },
+        }
+        return _dump(message)
+
+    def _model_info(self) -> dict[str, str]:
+        """What really ran: the pool, the model it serves (when it is one of ours), Whisper."""
+        return {"name": self.model, "version": ALIASES.get(self.model, self.model), "arch": ARCH}
+
+    def _metadata(self) -> str:
+        rate = self.bytes_per_second
+        warnings = [
+            {"parameter": name, "type": "ignored", "message": f"{name} is accepted and has no effect here"}
+            for name in self.options.ignored
+        ]
+        message = {
+            "type": "Metadata",
+            "transaction_key": "deprecated",
+            "request_id": self.request_id,
+            "sha256": self.sha256.hexdigest(),
+            "created": self.created,
+            "duration": round(self.received / rate, 3) if rate else 0.0,
+            "channels": self.options.channels,
+            "models": [self.model_uuid],
+            "model_info": {self.model_uuid: self._model_info()},
+            "warnings": warnings,
+        }
+        return _dump(message)
+
+    def _error(self, code: str, message: str) -> str:
+        return _dump({"type": "Error", "variant": code, "description": message})
