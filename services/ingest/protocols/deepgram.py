@@ -20,9 +20,9 @@ from urllib.parse import parse_qs
 
 from services.catalog import ALIASES, requested_pool
 from services.ingest.core.inputs import Audio, EndOfAudio, Finalize, Input, KeepAlive
+from services.ingest.protocols import query
 from services.ingest.protocols.adapter import Frame, Opened, Reply
 from services.protocol import (
-    ENCODINGS,
     MAX_CHANNELS,
     SAMPLE_RATES,
     Done,
@@ -32,6 +32,7 @@ from services.protocol import (
     ProtocolError,
     ServerEvent,
     SessionParams,
+    SpeechEnded,
     SpeechStarted,
     check_prompt,
 )
@@ -78,8 +79,6 @@ IGNORED = (
     "smart_format",
     "version",
 )
-# Deepgram's encodings that this service does not decode: refused, never misread.
-FOREIGN_ENCODINGS = ("linear32", "flac", "amr-nb", "amr-wb", "opus", "ogg-opus", "speex", "g729")
 # Deepgram's model names (what existing code carries): served by the default pool.
 DEEPGRAM_MODEL = re.compile(
     r"(nova(-[23])?|enhanced|base)(-[a-z]+)*|meeting|phonecall|finance|conversationalai|voicemail|video|custom"
@@ -102,44 +101,13 @@ class Options:
     ignored: tuple[str, ...] = ()  # Deepgram parameters given that this service does not act on
 
 
-def _bad(message: str) -> ProtocolError:
-    return ProtocolError("bad_parameter", message)
-
-
-def _bool(params: dict[str, list[str]], name: str, default: bool = False) -> bool:
-    value = params.get(name, [""])[-1]
-    if not value:
-        return default
-    if value not in ("true", "false"):
-        raise _bad(f"{name}={value!r}: expected true or false")
-    return value == "true"
-
-
-def _int(params: dict[str, list[str]], name: str, default: int) -> int:
-    value = params.get(name, [""])[-1]
-    if not value:
-        return default
-    if not value.isdigit():
-        raise _bad(f"{name}={value!r}: expected a whole number")
-    return int(value)
-
-
-def _model(params: dict[str, list[str]]) -> str | None:
+def _model(params: query.Query) -> str | None:
     """Our pool names choose a pool; Deepgram's model names are served by the default pool."""
-    name = params.get("model", [""])[-1].strip()
+    name = query.last(params, "model")
     return None if not name or DEEPGRAM_MODEL.fullmatch(name) else requested_pool(name)
 
 
-def _encoding(params: dict[str, list[str]]) -> str:
-    encoding = params.get("encoding", ["linear16"])[-1] or "linear16"
-    if encoding in ENCODINGS:
-        return encoding
-    if encoding in FOREIGN_ENCODINGS:
-        raise _bad(f"encoding {encoding!r} is not decoded here; use one of {', '.join(ENCODINGS)}")
-    raise _bad(f"unknown encoding {encoding!r}")
-
-
-def _prompt(params: dict[str, list[str]]) -> str:
+def _prompt(params: query.Query) -> str:
     """``keyterm``s and ``keywords`` (their ``:boost`` dropped) as the session's vocabulary."""
     terms = params.get("keyterm", []) + [
         word.rpartition(":")[0] or word for word in params.get("keywords", [])
@@ -147,32 +115,32 @@ def _prompt(params: dict[str, list[str]]) -> str:
     return check_prompt(", ".join(term.strip() for term in terms if term.strip()))
 
 
-def parse(query: str) -> tuple[SessionParams, Options]:
+def parse(string: str) -> tuple[SessionParams, Options]:
     """A ``/v1/listen`` query; raises ProtocolError for anything that cannot be honoured."""
-    params = parse_qs(query, keep_blank_values=True)
+    params = parse_qs(string, keep_blank_values=True)
     unknown = sorted(set(params) - {*IMPLEMENTED, *IGNORED})
     if unknown:
-        raise _bad(f"unknown parameter {unknown[0]!r}")
-    rate = _int(params, "sample_rate", 16000)
+        raise query.bad(f"unknown parameter {unknown[0]!r}")
+    rate = query.whole(params, "sample_rate", 16000)
     if rate not in SAMPLE_RATES:
-        raise _bad(f"sample_rate={rate}: one of {', '.join(map(str, SAMPLE_RATES))} Hz")
-    channels, multichannel = _int(params, "channels", 1), _bool(params, "multichannel")
+        raise query.bad(f"sample_rate={rate}: one of {', '.join(map(str, SAMPLE_RATES))} Hz")
+    channels, multichannel = query.whole(params, "channels", 1), query.boolean(params, "multichannel")
     if not 1 <= channels <= MAX_CHANNELS:
-        raise _bad(f"channels={channels}: 1 to {MAX_CHANNELS}")
+        raise query.bad(f"channels={channels}: 1 to {MAX_CHANNELS}")
     if channels > 1 and not multichannel:
-        raise _bad("channels are transcribed apart, never mixed: add multichannel=true")
-    endpointing = params.get("endpointing", [""])[-1]
+        raise query.bad("channels are transcribed apart, never mixed: add multichannel=true")
+    endpointing = query.last(params, "endpointing")
     if endpointing not in ("", "true", "false") and not endpointing.isdigit():
-        raise _bad(f"endpointing={endpointing!r}: milliseconds, or false")
-    _int(params, "utterance_end_ms", 0)
-    language = params.get("language", [""])[-1]
+        raise query.bad(f"endpointing={endpointing!r}: milliseconds, or false")
+    query.whole(params, "utterance_end_ms", 0)
+    language = query.last(params, "language")
     if language and not LANGUAGE.fullmatch(language):
-        raise _bad(f"language={language!r}: this service transcribes Hindi and English (hi, en, multi)")
+        raise query.bad(f"language={language!r}: this service transcribes Hindi and English (hi, en, multi)")
     session = SessionParams(
         sample_rate=rate,
         model=_model(params),
-        partials=_bool(params, "interim_results"),
-        encoding=_encoding(params),
+        partials=query.boolean(params, "interim_results"),
+        encoding=query.encoding(params),
         channels=channels,
         words=True,  # Deepgram's results always carry their words
         prompt=_prompt(params),
@@ -182,7 +150,7 @@ def parse(query: str) -> tuple[SessionParams, Options]:
         interim_results=session.partials,
         endpointing=endpointing != "false",
         utterance_end="utterance_end_ms" in params,
-        vad_events=_bool(params, "vad_events"),
+        vad_events=query.boolean(params, "vad_events"),
         tag=tuple(params.get("tag", [])),
         ignored=tuple(sorted(set(params) & set(IGNORED))),
     )
@@ -211,6 +179,10 @@ class Deepgram:
         self.bytes_per_second = 0
         self.received = 0  # bytes of audio
         self.sha256 = hashlib.sha256()
+        # Finalize is always answered with a from_finalize result: channels whose speech is open
+        # (as the events rendered so far tell) and channels whose Finalize waits for its answer.
+        self.speaking: set[int] = set()
+        self.finalizing: set[int] = set()
 
     def idle_timeout(self) -> float | None:
         return IDLE_TIMEOUT_S
@@ -244,19 +216,35 @@ class Deepgram:
         if kind == "KeepAlive":
             return [KeepAlive()]
         if kind == "Finalize":
-            return [Finalize()]
+            return [Finalize(), *self._finalize()]
         if kind == "CloseStream":
             return [EndOfAudio()]
         raise ProtocolError(
             "bad_message", f"unknown message type {kind!r}; expected KeepAlive, Finalize or CloseStream"
         )
 
+    def _finalize(self) -> list[Reply]:
+        """A channel with no speech open is answered at once (empty); the others by their final."""
+        self.finalizing |= self.speaking
+        now = self.received / self.bytes_per_second if self.bytes_per_second else 0.0
+        quiet = [c for c in range(self.options.channels) if c not in self.speaking]
+        return [Reply(self._results("", c, now, now, 0.0, [], "finalize")) for c in quiet]
+
     def render(self, event: ServerEvent) -> list[Frame]:
         options = self.options
         if isinstance(event, Partial) and options.interim_results:
             return [self._results(event.text, event.channel, event.start, event.end, 0.0, [], None)]
         if isinstance(event, Final):
+            if event.ended == "finalize":
+                self.finalizing.discard(event.channel)
             return self._final(event)
+        if isinstance(event, SpeechStarted):
+            self.speaking.add(event.channel)
+        if isinstance(event, SpeechEnded):
+            self.speaking.discard(event.channel)
+            if event.segment is None and event.channel in self.finalizing:  # Finalize closed noise
+                self.finalizing.discard(event.channel)
+                return [self._results("", event.channel, event.start, event.end, 0.0, [], "finalize")]
         if isinstance(event, SpeechStarted) and options.vad_events:
             started = {
                 "type": "SpeechStarted",
