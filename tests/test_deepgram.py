@@ -14,6 +14,9 @@ import pytest
 from deepgram import DeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.types import (
+    ListenV1Configure,
+    ListenV1ConfigureFailure,
+    ListenV1ConfigureSuccess,
     ListenV1Error,
     ListenV1Metadata,
     ListenV1Results,
@@ -24,7 +27,7 @@ from pydantic import BaseModel
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
-from services.ingest.core.inputs import Audio, EndOfAudio, Finalize, KeepAlive
+from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, KeepAlive
 from services.ingest.edge import routes
 from services.ingest.protocols.adapter import Opened, Reply
 from services.ingest.protocols.deepgram import Deepgram, parse
@@ -33,6 +36,7 @@ from services.stack import CT2_DIR, Stack, start_ingest
 from tools.speech import Speech, wer
 
 TYPES: dict[str, type[BaseModel]] = {
+    "ConfigureSuccess": ListenV1ConfigureSuccess,
     "Results": ListenV1Results,
     "Metadata": ListenV1Metadata,
     "SpeechStarted": ListenV1SpeechStarted,
@@ -123,7 +127,8 @@ def test_client_messages_become_the_cores_inputs() -> None:
     assert adapter.take('{"type": "KeepAlive"}') == [KeepAlive()]
     assert adapter.take('{"type": "Finalize"}')[0] == Finalize()
     assert adapter.take('{"type": "CloseStream"}') == [EndOfAudio()]
-    for garbage in ("{not json", "[1, 2]", '{"type": "Configure2"}', '{"kind": "Finalize"}'):
+    garbage_frames = ("{not json", "[1, 2]", '{"type": "Configure2"}', '{"kind": "Finalize"}')
+    for garbage in (*garbage_frames, '{"type": "Configure", "keyterms": "Oriserve"}'):
         with pytest.raises(ProtocolError) as refused:
             adapter.take(garbage)
         assert refused.value.code == "bad_message"
@@ -247,6 +252,23 @@ def test_every_finalize_is_answered_with_a_from_finalize_result() -> None:
     assert adapter.render(SpeechEnded(None, 2.0, 2.1, "noise")) == []  # no Finalize asked for that
 
 
+def test_configure_replaces_the_keyterms_and_keeps_the_keywords() -> None:
+    adapter = opened("keyterm=Oriserve&keywords=refund:2")
+    configure, reply = adapter.take(
+        '{"type": "Configure", "keyterms": ["Hinglish", "Swift"], "features": {}}'
+    )
+    assert configure == Configure("Hinglish, Swift, refund") and isinstance(reply, Reply)
+    success = json.loads(reply.frame)
+    ListenV1ConfigureSuccess.model_validate(success, strict=True)
+    assert success == {"type": "ConfigureSuccess", "request_id": "abc123", "keyterms": ["Hinglish", "Swift"]}
+    assert adapter.take('{"type": "Configure", "keyterms": null}')[0] == Configure("Hinglish, Swift, refund")
+    (too_long,) = adapter.take(json.dumps({"type": "Configure", "keyterms": ["word"] * 200}))
+    assert isinstance(too_long, Reply)  # refused, and the session goes on with the keyterms it had
+    failure = json.loads(too_long.frame)
+    ListenV1ConfigureFailure.model_validate(failure, strict=True)
+    assert failure["code"] == "CONFIGURE_KEYTERM_LIMIT_EXCEEDED" and adapter.keyterms == ("Hinglish", "Swift")
+
+
 def test_without_interim_results_or_vad_events_neither_is_sent() -> None:
     adapter = opened("")
     assert adapter.render(Partial("Hello", 0)) == []
@@ -322,6 +344,7 @@ def test_the_sdk_live_with_interim_results_finalize_keepalive_and_closestream(
         smart_format="true",
     ) as connection:
         got, reader = listen(connection)
+        connection.send_configure(ListenV1Configure(keyterms=["Hinglish"]))
         send_audio(connection.send_media, stream.pcm)
         for _ in range(3):  # 12 s of nothing but KeepAlive: past Deepgram's 10 s, still open
             connection.send_keep_alive()
@@ -346,6 +369,7 @@ def test_the_sdk_live_with_interim_results_finalize_keepalive_and_closestream(
     assert len(last) == 1 and not last[0].speech_final
     assert wer(finalized.texts[0], last[0].channel.alternatives[0].transcript) <= 0.25
     assert [m for m in got if isinstance(m, ListenV1SpeechStarted)]
+    assert [m.keyterms for m in got if isinstance(m, ListenV1ConfigureSuccess)] == [["Hinglish"]]
     assert [m for m in got if isinstance(m, ListenV1UtteranceEnd)]
     metadata = [m for m in got if isinstance(m, ListenV1Metadata)]
     assert got[-1] is metadata[0]  # Metadata last, then the close

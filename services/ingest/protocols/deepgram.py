@@ -3,8 +3,9 @@
 Sans-I/O: ``parse`` reads the query string (a parameter that is not Deepgram's, or a value this
 service cannot honour, is refused; Deepgram's features this service does not have are accepted
 and listed as ignored); ``Deepgram`` turns binary frames into audio and ``KeepAlive``,
-``Finalize``, ``CloseStream`` into the core's inputs, and the core's events into ``Results``,
-``SpeechStarted``, ``UtteranceEnd`` and, after ``CloseStream``, ``Metadata``.
+``Finalize``, ``CloseStream`` and ``Configure`` (new keyterms) into the core's inputs, and the
+core's events into ``Results``, ``SpeechStarted``, ``UtteranceEnd`` and, after ``CloseStream``,
+``Metadata``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from services.catalog import ALIASES, requested_pool
-from services.ingest.core.inputs import Audio, EndOfAudio, Finalize, Input, KeepAlive
+from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
 from services.ingest.protocols import query
 from services.ingest.protocols.adapter import Frame, Opened, Reply
 from services.protocol import (
@@ -58,6 +59,8 @@ IMPLEMENTED = (
     "tag",
     "token",
 )
+# Honoured as far as a session can be: pauses are the ingest's --silence-ms, the language the pool's.
+APPROXIMATED = ("endpointing", "utterance_end_ms", "language")
 # The rest of Deepgram's documented live parameters: accepted, and told as ignored.
 IGNORED = (
     "callback",
@@ -98,6 +101,10 @@ class Options:
     utterance_end: bool = False  # UtteranceEnd after a final ended by a pause
     vad_events: bool = False  # SpeechStarted
     tag: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()  # kept in the prompt when Configure replaces the keyterms
+    keyterms: tuple[str, ...] = ()
+    # Asked for and accepted, but served by this service's own settings: told in the log.
+    approximated: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()  # Deepgram parameters given that this service does not act on
 
 
@@ -107,12 +114,9 @@ def _model(params: query.Query) -> str | None:
     return None if not name or DEEPGRAM_MODEL.fullmatch(name) else requested_pool(name)
 
 
-def _prompt(params: query.Query) -> str:
-    """``keyterm``s and ``keywords`` (their ``:boost`` dropped) as the session's vocabulary."""
-    terms = params.get("keyterm", []) + [
-        word.rpartition(":")[0] or word for word in params.get("keywords", [])
-    ]
-    return check_prompt(", ".join(term.strip() for term in terms if term.strip()))
+def prompt(keyterms: tuple[str, ...], keywords: tuple[str, ...]) -> str:
+    """``keyterm``s and ``keywords`` as the session's vocabulary (refused when too long)."""
+    return check_prompt(", ".join(term.strip() for term in keyterms + keywords if term.strip()))
 
 
 def parse(string: str) -> tuple[SessionParams, Options]:
@@ -136,6 +140,9 @@ def parse(string: str) -> tuple[SessionParams, Options]:
     language = query.last(params, "language")
     if language and not LANGUAGE.fullmatch(language):
         raise query.bad(f"language={language!r}: this service transcribes Hindi and English (hi, en, multi)")
+    keyterms = tuple(params.get("keyterm", []))
+    keywords = tuple(word.rpartition(":")[0] or word for word in params.get("keywords", []))  # no :boost
+    approximated = [f"{name}={query.last(params, name)}" for name in APPROXIMATED if query.last(params, name)]
     session = SessionParams(
         sample_rate=rate,
         model=_model(params),
@@ -143,7 +150,7 @@ def parse(string: str) -> tuple[SessionParams, Options]:
         encoding=query.encoding(params),
         channels=channels,
         words=True,  # Deepgram's results always carry their words
-        prompt=_prompt(params),
+        prompt=prompt(keyterms, keywords),
     )
     options = Options(
         channels=channels,
@@ -153,6 +160,9 @@ def parse(string: str) -> tuple[SessionParams, Options]:
         vad_events=query.boolean(params, "vad_events"),
         tag=tuple(params.get("tag", [])),
         ignored=tuple(sorted(set(params) & set(IGNORED))),
+        keywords=keywords,
+        keyterms=keyterms,
+        approximated=tuple(approximated),
     )
     return session, options
 
@@ -181,6 +191,7 @@ class Deepgram:
         self.sha256 = hashlib.sha256()
         # Finalize is always answered with a from_finalize result: channels whose speech is open
         # (as the events rendered so far tell) and channels whose Finalize waits for its answer.
+        self.keyterms = options.keyterms  # as Configure last set them
         self.speaking: set[int] = set()
         self.finalizing: set[int] = set()
 
@@ -198,6 +209,13 @@ class Deepgram:
         if self.options.ignored:
             log.info(
                 "session %s: Deepgram parameters ignored: %s", opened.session, ", ".join(self.options.ignored)
+            )
+        if self.options.approximated:
+            told = ", ".join(self.options.approximated)
+            log.info(
+                "session %s: %s accepted; served with this service's pauses and language",
+                opened.session,
+                told,
             )
         if self.options.tag:
             log.info("session %s: tag %s", opened.session, ", ".join(self.options.tag))
@@ -219,9 +237,29 @@ class Deepgram:
             return [Finalize(), *self._finalize()]
         if kind == "CloseStream":
             return [EndOfAudio()]
+        if kind == "Configure":
+            return self._configure(control)
         raise ProtocolError(
-            "bad_message", f"unknown message type {kind!r}; expected KeepAlive, Finalize or CloseStream"
+            "bad_message",
+            f"unknown message type {kind!r}; expected KeepAlive, Finalize, CloseStream or Configure",
         )
+
+    def _configure(self, control: dict[str, Any]) -> list[Input | Reply]:
+        """New ``keyterms`` (the session's prompt from now on); its ``features`` are ignored."""
+        keyterms = control.get("keyterms")
+        if keyterms is None:
+            keyterms = list(self.keyterms)
+        if not isinstance(keyterms, list) or not all(isinstance(term, str) for term in keyterms):
+            raise ProtocolError("bad_message", "Configure: keyterms is a list of strings")
+        try:
+            vocabulary = prompt(tuple(keyterms), self.options.keywords)
+        except ProtocolError as error:
+            code = "CONFIGURE_KEYTERM_LIMIT_EXCEEDED"
+            failure = {"type": "ConfigureFailure", "request_id": self.request_id, "code": code}
+            return [Reply(_dump(failure | {"description": error.message}))]
+        self.keyterms = tuple(keyterms)
+        success = {"type": "ConfigureSuccess", "request_id": self.request_id, "keyterms": keyterms}
+        return [Configure(vocabulary), Reply(_dump(success))]
 
     def _finalize(self) -> list[Reply]:
         """A channel with no speech open is answered at once (empty); the others by their final."""
