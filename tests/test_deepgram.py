@@ -114,7 +114,7 @@ def test_endpointing_false_never_tells_speech_final() -> None:
 
 def opened(query: str, model: str = "whisper-base-ct2") -> Deepgram:
     params, options = parse(query)
-    adapter = Deepgram(options, "2026-12-02T14:00:00.000+00:00")
+    adapter = Deepgram(options, "2026-12-02T14:00:00.000Z")
     assert (
         adapter.greeting(Opened("abc123", model, params, params.partials)) == []
     )  # Deepgram greets with nothing
@@ -208,7 +208,7 @@ def test_a_session_in_deepgrams_messages() -> None:
             "transaction_key": "deprecated",
             "request_id": "abc123",
             "sha256": sent[-1]["sha256"],
-            "created": "2026-12-02T14:00:00.000+00:00",
+            "created": "2026-12-02T14:00:00.000Z",
             "duration": 3.0,
             "channels": 1,
             "models": [uuid],

@@ -64,7 +64,7 @@ def _native(query: str) -> tuple[SessionParams, Adapter]:
 
 def _deepgram(query: str) -> tuple[SessionParams, Adapter]:
     params, options = deepgram.parse(query)
-    return params, deepgram.Deepgram(options, datetime.now(UTC).isoformat(timespec="milliseconds"))
+    return params, deepgram.Deepgram(options, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
 
 
 def _deepgram_refusal(ws: ServerConnection, error: ProtocolError) -> Response:
