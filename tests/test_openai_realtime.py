@@ -283,7 +283,7 @@ def test_the_openai_sdk_transcribes_real_speech_at_24k_with_server_vad(
         assert order.index("speech_stopped") < order.index("committed"), order
 
 
-def test_a_manual_commit_transcribes_what_was_said_and_bad_input_leaves_the_session_going(
+def test_a_manual_commit_transcribes_and_bad_input_leaves_this_session_and_others_going(
     speech: Speech, ct2_stack: Stack
 ) -> None:
     stream = speech.stream(24000, (1,))
@@ -302,7 +302,11 @@ def test_a_manual_commit_transcribes_what_was_said_and_bad_input_leaves_the_sess
             connection.input_audio_buffer.append(audio=base64.b64encode(spoken[i : i + 9600]).decode())
         connection.input_audio_buffer.commit()
 
-    events = converse(ct2_stack, send, all_completed)
+    with sdk_client(ct2_stack).realtime.connect(extra_query={"intent": "transcription"}) as other:
+        assert other.recv().type == "session.created"
+        events = converse(ct2_stack, send, all_completed)
+        other.session.update(session={"type": "transcription"})  # another session, unaffected
+        assert other.recv().type == "session.updated"
     errors = kinds(events, "error")
     assert [(e.error.type, e.error.code) for e in errors] == [
         ("invalid_request_error", "invalid_event"),
