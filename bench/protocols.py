@@ -11,8 +11,9 @@ turns utterance by utterance, so they share the machine's state. An utterance's 
 arrival of its session's last final (ours: ``final``; Deepgram: ``Results`` with ``is_final``;
 Flux: ``EndOfTurn``; OpenAI Realtime: ``...input_audio_transcription.completed``) minus the
 moment the frame holding the recording's last sample was sent. Reported per protocol: p50/p95
-latency and how many utterances got text. ``native-words`` is ours with ``words=1``: Deepgram's
-results always carry timed words, so that is its like for like.
+latency and how many utterances got text. ``native-partials`` is ours with ``partials=1`` (Flux
+and OpenAI Realtime sessions always get partials: their like for like); ``native-words`` ours with
+``words=1`` (Deepgram's results always carry timed words: its like for like).
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def _openai_audio(pcm: bytes) -> str:
 
 WIRES = {
     "native": Wire("/?sample_rate=16000", RATE, bytes, '{"type": "eof"}', lambda m: m.get("type") == "final"),
+    # Ours with partials: what Flux and OpenAI Realtime sessions always ask for, their like for like.
+    "native-partials": Wire(
+        "/?sample_rate=16000&partials=1", RATE, bytes, '{"type": "eof"}', lambda m: m.get("type") == "final"
+    ),
     # Ours with word timings: what Deepgram's results always carry, so its like for like.
     "native-words": Wire(
         "/?sample_rate=16000&words=1", RATE, bytes, '{"type": "eof"}', lambda m: m.get("type") == "final"
