@@ -11,13 +11,25 @@ adapter never sees it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.ingest.core.inputs import Input
 from services.protocol import ProtocolError, ServerEvent, SessionParams
 
 Frame = str | bytes
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A text frame as the JSON object a control message is; ``bad_message`` when it is not one."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):  # nested too deep: RecursionError, not ValueError
+        raise ProtocolError("bad_message", f"text frame is not JSON: {text[:60]!r}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_message", "text frame must be a JSON object")
+    return message
 
 
 @dataclass(frozen=True)

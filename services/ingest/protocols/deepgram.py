@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 from services.catalog import ALIASES, requested_pool
 from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
 from services.ingest.protocols import query
-from services.ingest.protocols.adapter import Frame, Opened, Reply
+from services.ingest.protocols.adapter import Frame, Opened, Reply, json_object
 from services.protocol import (
     MAX_CHANNELS,
     SAMPLE_RATES,
@@ -226,11 +226,8 @@ class Deepgram:
             self.received += len(message)
             self.sha256.update(message)
             return [Audio(message)]
-        try:
-            control = json.loads(message)
-        except (ValueError, RecursionError):
-            raise ProtocolError("bad_message", f"text frame is not JSON: {message[:60]!r}") from None
-        kind = control.get("type") if isinstance(control, dict) else None
+        control = json_object(message)
+        kind = control.get("type")
         if kind == "KeepAlive":
             return [KeepAlive()]
         if kind == "Finalize":

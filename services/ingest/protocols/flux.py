@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 from services.catalog import requested_pool
 from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
 from services.ingest.protocols import query
-from services.ingest.protocols.adapter import Frame, Opened, Reply
+from services.ingest.protocols.adapter import Frame, Opened, Reply, json_object
 from services.protocol import (
     SAMPLE_RATES,
     EagerEnd,
@@ -70,11 +70,8 @@ class Flux:
     def take(self, message: Frame) -> list[Input | Reply]:
         if isinstance(message, bytes):
             return [Audio(message)]
-        try:
-            control = json.loads(message)
-        except (ValueError, RecursionError):
-            raise ProtocolError("bad_message", f"text frame is not JSON: {message[:60]!r}") from None
-        kind = control.get("type") if isinstance(control, dict) else None
+        control = json_object(message)
+        kind = control.get("type")
         if kind == "CloseStream":
             return [EndOfAudio()]
         if kind == "ForceEndTurn":

@@ -3,10 +3,8 @@ events back. Sans-I/O; the query string is ``services.protocol.parse_query``'s."
 
 from __future__ import annotations
 
-import json
-
 from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
-from services.ingest.protocols.adapter import Frame, Opened, Reply
+from services.ingest.protocols.adapter import Frame, Opened, Reply, json_object
 from services.protocol import (
     EagerEnd,
     ErrorEvent,
@@ -43,12 +41,7 @@ def parse_text(text: str) -> Input:
     """A text frame from the client: ``EOF`` or ``{"type": ...}`` (CONTROLS, or ``configure``)."""
     if text.strip() == "EOF":
         return EndOfAudio()
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):  # nested too deep: RecursionError, not ValueError
-        raise ProtocolError("bad_message", f"text frame is not JSON: {text[:60]!r}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("bad_message", "text frame must be a JSON object")
+    message = json_object(text)
     kind = message.get("type")
     if kind == "configure":
         prompt = message.get("prompt")
