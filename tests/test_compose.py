@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +23,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,30 @@ def test_containers_run_as_non_root_on_read_only_root_filesystems(stack: Compose
             assert stack.inspect(container)["HostConfig"]["ReadonlyRootfs"], f"{service}: writable root fs"
             probe = subprocess.run(["docker", "exec", container, "touch", "/probe"], capture_output=True)
             assert probe.returncode != 0, f"{service} could write to its root filesystem"
+
+
+def moment(timestamp: str) -> datetime:
+    """Docker's RFC 3339 time (nanoseconds, trailing zeros cut) to microseconds."""
+    found = re.fullmatch(r"(.+T\d\d:\d\d:\d\d)(?:\.(\d+))?Z", timestamp)
+    assert found, timestamp
+    return datetime.fromisoformat(f"{found[1]}.{(found[2] or '').ljust(6, '0')[:6]}+00:00")
+
+
+def test_the_convert_one_off_finished_before_the_transcribers_started(stack: Compose) -> None:
+    """docker-compose.yml's `convert` converts a Hub model in the full (torch) image; here, where the
+    mounted model is CTranslate2 already, it runs in the slim image, only finds it so and exits 0,
+    and the transcribers (service_completed_successfully) start after it."""
+    (convert,) = stack.run("ps", "--all", "-q", "convert").stdout.split()
+    state = stack.inspect(convert)
+    assert (state["State"]["Status"], state["State"]["ExitCode"]) == ("exited", 0), state["State"]
+    assert "CTranslate2 model ready: /models/whisper-base-ct2" in docker("logs", convert).stdout
+    assert state["Config"]["Image"] == "stt-local/stt:serve"  # no torch image is built for the tests
+    assert state["Config"]["User"] == "10001:10001" and state["HostConfig"]["ReadonlyRootfs"]
+    finished = moment(state["State"]["FinishedAt"])
+    for service in ("transcriber", "transcriber-partials"):
+        for container in stack.containers(service):
+            started = moment(stack.inspect(container)["State"]["StartedAt"])
+            assert started > finished, f"{service} started before convert had finished"
 
 
 def test_three_transcribers_share_the_segments(stack: Compose, speech: Speech) -> None:
