@@ -12,7 +12,7 @@ transcriber past the claim timeout: every kind once per round, in a random order
 - no final reaches a session it does not belong to (each session speaks its own sentences);
 - no segment stream entry, pending entry, dead letter, result channel or per-session key is left
   in Redis after the sessions end;
-- each service's memory at the end beside its baseline.
+- each container's memory (MiB) at the start, at its peak (sampled every 30 s) and at the end.
 
     .venv/bin/python -m bench.nemesis [--sessions 4] [--minutes 3] [--seed 1] [--out FILE.json]
 
@@ -131,9 +131,36 @@ class Stack:
         (redis,) = self.containers("redis")
         return sh("docker", "exec", redis, "redis-cli", *args)
 
-    def memory(self) -> dict[str, str]:
+    def memory(self) -> dict[str, float]:
+        """Each running container's memory in MiB, by its name without the project's prefix."""
         out = sh("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}")
-        return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(PROJECT)}
+        rows = [line.split()[:2] for line in out.splitlines() if line.startswith(f"{PROJECT}-")]
+        return {name.removeprefix(f"{PROJECT}-"): mib(usage) for name, usage in rows}
+
+
+def mib(usage: str) -> float:
+    """docker stats' memory use ("283.6MiB", "1.2GiB", "900KiB", "0B") in MiB."""
+    found = re.fullmatch(r"([\d.]+)([KMG]i)?B", usage)
+    if not found:
+        raise ValueError(f"not a docker stats memory figure: {usage!r}")
+    scale = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}.get(found[2] or "", 1 / 2**20)
+    return round(float(found[1]) * scale, 1)
+
+
+Memory = dict[str, float]  # MiB by container
+
+
+def memory_figures(baseline: Memory, peak: Memory, end: Memory) -> dict[str, Memory]:
+    """Baseline, peak (the samples' and the end's highest) and end, each by container, in MiB."""
+    peak = {name: max(used, end.get(name, 0.0)) for name, used in peak.items()}
+    return {"baseline": baseline, "peak": peak, "end": end}
+
+
+def watch_memory(stack: Stack, stop: threading.Event, peak: Memory) -> None:
+    """Every container's highest memory seen, sampled every 30 s until ``stop``."""
+    while not stop.wait(30):
+        for name, used in stack.memory().items():
+            peak[name] = max(used, peak.get(name, 0.0))
 
 
 @contextlib.contextmanager
@@ -417,6 +444,7 @@ def run(plan: Plan) -> dict[str, Any]:
     with stack_up(plan.transcribers) as stack:
         healthy_s = time.monotonic() - started
         baseline = stack.memory()
+        peak = dict(baseline)
         sessions: list[Session] = []
         faults: list[dict[str, Any]] = []
         stop = threading.Event()
@@ -424,6 +452,7 @@ def run(plan: Plan) -> dict[str, Any]:
             threading.Thread(target=client_loop, args=(stack, i, a, stop, sessions))
             for i, a in enumerate(audio)
         ]
+        clients.append(threading.Thread(target=watch_memory, args=(stack, stop, peak)))
         for thread in clients:
             thread.start()
         try:
@@ -441,8 +470,7 @@ def run(plan: Plan) -> dict[str, Any]:
             **check(sessions, faults),
             "left_in_redis": left_behind(redis_after),
             "redis_after": redis_after,
-            "memory_baseline": baseline,
-            "memory_end": stack.memory(),
+            "memory_mib": memory_figures(baseline, peak, stack.memory()),
         }
     report["wall_s"] = round(time.monotonic() - started, 1)
     return report
@@ -454,12 +482,14 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="how long the nemesis runs (default 3)")
     parser.add_argument("--seed", type=int, default=1, help="the faults' order, targets and timing")
     parser.add_argument("--transcribers", type=int, default=2, help="finals transcribers (default 2)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "nemesis.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "nemesis.json", help="the JSON report"
+    )
     args = parser.parse_args()
     plan = Plan(args.sessions, args.minutes, args.seed, args.transcribers)
     report = {"command": " ".join(sys.argv), **run(plan)}
     write_report(args.out, report)
-    shown = {k: v for k, v in report.items() if k not in ("redis_after", "memory_baseline", "memory_end")}
+    shown = {k: v for k, v in report.items() if k != "redis_after"}
     print(json.dumps(shown, indent=2))
     wrong = failures(report)
     print("clean" if not wrong else "NOT CLEAN:\n  " + "\n  ".join(wrong))
