@@ -47,7 +47,7 @@ from services import keys
 from services.stack import ROOT, free_port, healthy, wait_until
 from tools.speech import ESPEAK_RATE, espeak, to_rate, wer
 
-PROJECT = "stt-nemesis"
+PROJECT = "stt-nemesis"  # the bench's Compose project; tests/test_nemesis.py runs its own
 FILES = ("-f", "docker-compose.yml", "-f", "docker-compose.test.yml")
 KINDS = ("kill_transcriber", "kill_ingest", "restart_redis", "partition_transcriber", "pause_transcriber")
 CLAIM_IDLE_S = 15  # the transcribers' default --claim-idle-ms
@@ -76,6 +76,7 @@ class Plan:
     seed: int = 1
     transcribers: int = 2
     gap_s: tuple[float, float] = (4.0, 10.0)  # the quiet time between two faults
+    project: str = PROJECT  # the Compose project: runs side by side need their own
 
 
 def compose_binary() -> str:
@@ -102,12 +103,13 @@ def prepare_engine() -> None:
 
 @dataclass
 class Stack:
+    project: str
     env: dict[str, str]
     port: int
 
     def compose(self, *args: str, timeout: float = 300) -> str:
         done = subprocess.run(
-            [compose_binary(), "-p", PROJECT, *FILES, *args],
+            [compose_binary(), "-p", self.project, *FILES, *args],
             cwd=ROOT,
             env={**os.environ, **self.env},
             capture_output=True,
@@ -121,11 +123,16 @@ class Stack:
     def containers(self, service: str) -> list[str]:
         return self.compose("ps", "-q", service).split()
 
+    def docker_ls(self, what: str, field: str) -> list[str]:
+        """``docker network|ps ls`` of this project only (Compose labels what it makes)."""
+        label = f"label=com.docker.compose.project={self.project}"
+        return sh("docker", what, "ls", "--filter", label, "--format", field).split()
+
     def network(self) -> str:
-        (network,) = [
-            n for n in sh("docker", "network", "ls", "--format", "{{.Name}}").split() if n.startswith(PROJECT)
-        ]
-        return network
+        networks = self.docker_ls("network", "{{.Name}}")
+        if len(networks) != 1:
+            raise RuntimeError(f"project {self.project} has networks {networks}, not one")
+        return networks[0]
 
     def redis_cli(self, *args: str) -> str:
         (redis,) = self.containers("redis")
@@ -133,9 +140,12 @@ class Stack:
 
     def memory(self) -> dict[str, float]:
         """Each running container's memory in MiB, by its name without the project's prefix."""
-        out = sh("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}")
-        rows = [line.split()[:2] for line in out.splitlines() if line.startswith(f"{PROJECT}-")]
-        return {name.removeprefix(f"{PROJECT}-"): mib(usage) for name, usage in rows}
+        ids = self.docker_ls("container", "{{.ID}}")
+        if not ids:  # `docker stats` of no container shows them all
+            return {}
+        out = sh("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *ids)
+        rows = [line.split()[:2] for line in out.splitlines()]
+        return {name.removeprefix(f"{self.project}-"): mib(usage) for name, usage in rows}
 
 
 def mib(usage: str) -> float:
@@ -164,11 +174,11 @@ def watch_memory(stack: Stack, stop: threading.Event, peak: Memory) -> None:
 
 
 @contextlib.contextmanager
-def stack_up(transcribers: int) -> Iterator[Stack]:
+def stack_up(project: str, transcribers: int) -> Iterator[Stack]:
     """The project up on free ports, healthy, with ``transcribers`` finals transcribers; removed after."""
     port = free_port()
     env = {"INGEST_PORT": str(port), "PROMETHEUS_PORT": str(free_port()), "COMPOSE_BAKE": "false"}
-    stack = Stack(env, port)
+    stack = Stack(project, env, port)
     stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")  # a left-over run
     try:
         stack.compose(
@@ -441,7 +451,7 @@ def run(plan: Plan) -> dict[str, Any]:
     workdir = Path(sh("mktemp", "-d").strip())
     audio = [session_audio(i, workdir) for i in range(plan.sessions)]
     started = time.monotonic()
-    with stack_up(plan.transcribers) as stack:
+    with stack_up(plan.project, plan.transcribers) as stack:
         healthy_s = time.monotonic() - started
         baseline = stack.memory()
         peak = dict(baseline)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from bench import nemesis
 from bench.nemesis import KINDS, SENTENCES, Plan, Session
 from services.stack import ROOT
@@ -103,15 +101,14 @@ def test_docker_stats_memory_reads_in_mib() -> None:
     assert [nemesis.mib(u) for u in ("283.6MiB", "1.5GiB", "512KiB", "0B")] == [283.6, 1536.0, 0.5, 0.0]
 
 
-def test_a_short_nemesis_against_the_compose_stack_loses_nothing_and_leaves_nothing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_short_nemesis_against_the_compose_stack_loses_nothing_and_leaves_nothing() -> None:
     """About a minute of faults, every kind at least once (a transcriber killed, the ingest
     killed, Redis restarted, a transcriber cut off the network and healed, one paused past the
     claim timeout), three clients streaming throughout."""
     assert (ROOT / "models" / "whisper-base-ct2" / "model.bin").is_file(), "run `make offline-model` first"
-    monkeypatch.setattr(nemesis, "PROJECT", "stt-nemesis-test")  # never the project of a bench run beside it
-    report = nemesis.run(Plan(sessions=3, minutes=1.0, seed=3, gap_s=(2.0, 4.0)))
+    # Its own Compose project: a bench.nemesis run beside it is never torn down by it.
+    plan = Plan(sessions=3, minutes=1.0, seed=3, gap_s=(2.0, 4.0), project="stt-nemesis-test")
+    report = nemesis.run(plan)
     shown = {k: v for k, v in report.items() if k != "redis_after"}
     print(json.dumps(shown, indent=2))
     assert not nemesis.failures(report), nemesis.failures(report)
