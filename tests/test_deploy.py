@@ -98,8 +98,9 @@ def test_compose_files_render_and_match_the_compose_spec_schema(which: str) -> N
     validator = jsonschema.Draft7Validator(compose_schema())
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(rendered)]
     assert not errors, "\n".join(errors)
-    expected = {"redis", "ingest", "transcriber", "transcriber-partials", "prometheus", "grafana"}
-    assert set(rendered["services"]) == expected | ({"transcriber-prime"} if profile else set())
+    expected = {"redis", "ingest", "transcriber", "transcriber-partials", "prometheus", "grafana", "convert"}
+    prime = {"transcriber-prime", "convert-prime"} if profile else set()
+    assert set(rendered["services"]) == expected | prime
 
 
 def test_tls_override_gives_the_ingest_its_certificate_and_an_https_health_check() -> None:
@@ -153,6 +154,9 @@ def test_cpu_stack_shape() -> None:
     assert services["ingest"]["environment"]["METRICS_PORT"] == "9100"
     assert "hf-cache" in render(BASE)["volumes"]
     for name, service in services.items():
+        if name.startswith("convert"):  # a one-off: it runs to completion, the others wait for its exit 0
+            assert service["restart"] == "no", name
+            continue
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     for name in APP_SERVICES:
         service = services[name]
