@@ -124,7 +124,7 @@ def test_client_messages_become_the_core_inputs_and_configure_is_acknowledged() 
     assert (
         ack.keyterms == ["HDFC"] and ack.thresholds.eager_eot_threshold == 0.4 and flux.eager_threshold == 0.4
     )
-    for bad in ("not json", "[1]", '{"type": "Flush"}'):
+    for bad in ("not json", "[1]", '{"type": "Flush"}', '{"type": "Configure", "keyterms": "HDFC"}'):
         with pytest.raises(ProtocolError) as error:
             flux.take(bad)
         (frame,) = flux.refusal(error.value)

@@ -134,7 +134,8 @@ class SessionCore:
         for event in self.segmenter.feed(pcm):
             self._segmenter_event(event, now)
         self._started(self.segmenter.speech_start)
-        if self.segmenter.in_speech and self.segmenter.trailing_silence == 0:
+        told = self._told_eager is not None  # checked first: the frame path pays nothing otherwise
+        if told and self.segmenter.in_speech and self.segmenter.trailing_silence == 0:
             self._resumed()  # a voiced frame: the guess's segment will not end where it guessed
         if self.partials:
             self._request_partial(now)

@@ -30,6 +30,7 @@ from services.ingest.pipeline.backlog import waiting
 from services.ingest.pipeline.results import ResultRouter
 from services.ingest.pipeline.session import CallSession, ClientGone, Session
 from services.ingest.protocols.adapter import Adapter, Opened
+from services.ingest.protocols.native import Native
 from services.ingest.protocols.telephony import frames as telephony
 from services.ingest.protocols.telephony.call import Call
 from services.lifecycle import connect_redis, install_stop_signals, supervise
@@ -180,7 +181,7 @@ class Ingest:
         route = routes.find(url.path)
         # The protocol's adapter, to say why a session ends early: our own protocol's until the
         # route's parses (its query may be what is wrong); none for a telephony platform.
-        adapter: Adapter | None = None if isinstance(route, routes.CallRoute) else routes.NATIVE.open("")[1]
+        adapter: Adapter | None = None if isinstance(route, routes.CallRoute) else Native()
         try:
             if isinstance(route, routes.EventsRoute):
                 start = events.start_after(url.query)

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 from services.catalog import requested_pool
 from services.ingest.core.inputs import Audio, Configure, EndOfAudio, Finalize, Input, KeepAlive
-from services.ingest.protocols import query
+from services.ingest.protocols import deepgram, query
 from services.ingest.protocols.adapter import Frame, Opened, Reply, json_object
 from services.protocol import (
     SAMPLE_RATES,
@@ -38,7 +38,6 @@ from services.protocol import (
     check_prompt,
 )
 
-IDLE_TIMEOUT_S = 10.0  # as Deepgram's live API: no audio and no message for this long closes
 # How each of our segment endings ends a Flux turn (EndOfTurn's ``trigger``).
 TRIGGERS = {"silence": "model", "finalize": "manual", "max_length": "model", "eof": "model"}
 
@@ -65,7 +64,7 @@ class Flux:
         return [self._message({"type": "Connected", "request_id": self.request_id})]
 
     def idle_timeout(self) -> float | None:
-        return IDLE_TIMEOUT_S
+        return deepgram.IDLE_TIMEOUT_S  # as Deepgram's live API
 
     def take(self, message: Frame) -> list[Input | Reply]:
         if isinstance(message, bytes):
@@ -87,7 +86,8 @@ class Flux:
     def _configure(self, control: dict[str, Any]) -> list[Input | Reply]:
         thresholds = control.get("thresholds") or {}
         keyterms = control.get("keyterms", self.keyterms)
-        if not isinstance(thresholds, dict) or not all(isinstance(k, str) for k in keyterms):
+        listed = isinstance(keyterms, list) and all(isinstance(k, str) for k in keyterms)
+        if not isinstance(thresholds, dict) or not listed:
             raise ProtocolError(
                 "bad_message", "Configure: thresholds is an object, keyterms a list of strings"
             )
