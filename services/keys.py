@@ -26,6 +26,18 @@ def partials_stream(model: str) -> str:
     return f"{PREFIX}:partials:{model}"
 
 
+def file_stream(model: str) -> str:
+    """Segments of uploaded files for ``model``: their own lane, served only when no live segment
+    waits, so a file never holds back a talker."""
+    return f"{PREFIX}:files:{model}"
+
+
+def files_running(model: str) -> str:
+    """A sorted set of the files being transcribed by ``model``'s pool now (file id -> the time its
+    ingest last said it is still running): bounds the files a pool takes at once, across ingests."""
+    return f"{PREFIX}:files-running:{model}"
+
+
 def dead_letter_stream(model: str) -> str:
     """Segments of ``model`` that could not be transcribed after every attempt."""
     return f"{PREFIX}:dead:{model}"
