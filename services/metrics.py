@@ -219,6 +219,24 @@ class TranscriberMetrics:
             ["model"],
             registry=registry,
         )
+        self.file_segments = Counter(
+            "stt_file_segments_transcribed_total",
+            "Segments of uploaded files answered (also counted in stt_segments_transcribed_total)",
+            ["model"],
+            registry=registry,
+        )
+        self.file_stream_length = Gauge(
+            "stt_file_stream_length",
+            "Entries in the model's stream of uploaded files' segments",
+            ["model"],
+            registry=registry,
+        )
+        self.file_stream_pending = Gauge(
+            "stt_file_stream_pending",
+            "File segments delivered to a consumer but not yet acknowledged",
+            ["model"],
+            registry=registry,
+        )
         self.task_restarts = Counter(
             "stt_task_restarts_total",
             "Side tasks of the transcriber (heartbeat) that failed and were started again",
@@ -228,5 +246,12 @@ class TranscriberMetrics:
         self.gpu_memory = Gauge("stt_gpu_memory_bytes", "CUDA memory allocated by torch", registry=registry)
         # Export the known model label at 0 from the start, so rates and alerts on rare
         # events (reclaims, dead letters, failures) have a series before the first one.
-        for counter in (self.audio_seconds, self.reclaimed, self.dead_lettered, self.skipped, self.failures):
+        for counter in (
+            self.audio_seconds,
+            self.reclaimed,
+            self.dead_lettered,
+            self.skipped,
+            self.failures,
+            self.file_segments,
+        ):
             counter.labels(model)

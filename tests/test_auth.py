@@ -1,20 +1,20 @@
 """One key check for every way a protocol carries a key (``services.ingest.edge.auth``), and the
-one path table (``services.ingest.edge.routes``). In-process: real websockets ``Request``s."""
+one path table (``services.ingest.edge.routes``). In-process: the headers as aiohttp hands them
+over (a case-insensitive multidict)."""
 
 from __future__ import annotations
 
 import base64
 
 import pytest
-from websockets.datastructures import Headers
-from websockets.http11 import Request
+from multidict import CIMultiDict
 
 from services.ingest.edge import auth, routes
 from services.ingest.protocols.native import Native
 
 
-def request(path: str = "/", **headers: str) -> Request:
-    return Request(path, Headers([(name.replace("_", "-"), value) for name, value in headers.items()]))
+def headers_of(**headers: str) -> CIMultiDict[str]:
+    return CIMultiDict((name.replace("_", "-").lower(), value) for name, value in headers.items())
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,7 @@ def request(path: str = "/", **headers: str) -> Request:
     ],
 )
 def test_every_way_of_carrying_a_key_reaches_the_one_check(path: str, headers: dict[str, str]) -> None:
-    key = auth.presented_key(request(path, **headers))
+    key = auth.presented_key(headers_of(**headers), path)
     assert key == "k1" and auth.key_valid(key, ["k0", "k1"])
     assert not auth.key_valid(key, ["k2"])
 
@@ -45,7 +45,7 @@ def test_every_way_of_carrying_a_key_reaches_the_one_check(path: str, headers: d
     ],
 )
 def test_no_key_is_read_where_none_was_sent(headers: dict[str, str]) -> None:
-    key = auth.presented_key(request("/", **headers))
+    key = auth.presented_key(headers_of(**headers), "/")
     assert key is None and not auth.key_valid(key, ["k1"])
 
 

@@ -23,6 +23,18 @@ class CallConfig:
 
 
 @dataclass(frozen=True)
+class FileConfig:
+    """Uploaded files (``POST /v1/listen``, ``POST /v1/audio/transcriptions``)."""
+
+    max_files: int  # files transcribed at once by this ingest
+    max_pool_files: int  # and by one pool, across every ingest
+    max_file_bytes: int  # an upload over this is refused (413)
+    max_file_s: float  # and audio longer than this
+    file_result_timeout: float  # a file's segment waits this long for its result (behind live audio)
+    file_window: int  # a file keeps at most this many segments queued and unanswered
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     host: str
     port: int
@@ -49,6 +61,7 @@ class IngestConfig:
     eager_max_backlog: int
     durable_ms: int  # > 0: each segment waits for one replica to have it (WAIT), this long at most
     calls: CallConfig
+    files: FileConfig
     tls_cert: str  # with tls_key: serve wss:// and https:// (empty: plain ws:// and http://)
     tls_key: str
     metrics_port: int
@@ -263,6 +276,40 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         "--webhook-secret", "WEBHOOK_SECRET", "", "key of the webhook's X-STT-Signature (HMAC-SHA256)"
     )
     parser.env_flag(
+        "--max-files", "MAX_FILES", 4, "uploaded files transcribed at once by this ingest", type=positive(int)
+    )
+    parser.env_flag(
+        "--max-pool-files",
+        "MAX_POOL_FILES",
+        8,
+        "uploaded files transcribed at once by one pool, across every ingest (over it: 429)",
+        type=positive(int),
+    )
+    parser.env_flag(
+        "--max-file-mb", "MAX_FILE_MB", 200, "an uploaded file over this is refused (413)", type=positive(int)
+    )
+    parser.env_flag(
+        "--max-file-s",
+        "MAX_FILE_S",
+        4 * 3600.0,
+        "uploaded audio longer than this is refused (s)",
+        type=positive(float),
+    )
+    parser.env_flag(
+        "--file-result-timeout",
+        "FILE_RESULT_TIMEOUT",
+        300.0,
+        "a file's segment waits this long for its result: files wait behind live audio (s)",
+        type=positive(float),
+    )
+    parser.env_flag(
+        "--file-window",
+        "FILE_WINDOW",
+        8,
+        "segments of one file queued and unanswered at most (enough to fill the pool's file batches)",
+        type=positive(int),
+    )
+    parser.env_flag(
         "--tls-cert",
         "TLS_CERT",
         "",
@@ -313,4 +360,5 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         calls=from_args(
             CallConfig, args, events_ttl=args.call_events_ttl, events_maxlen=args.call_events_maxlen
         ),
+        files=from_args(FileConfig, args, max_file_bytes=args.max_file_mb * 1_000_000),
     )

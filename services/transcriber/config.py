@@ -15,6 +15,15 @@ from services.transcriber.interface import DEFAULT_CONTEXT_S, WINDOW_S, Decoding
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
 # See the comment on Worker._read_batch for how this was chosen.
 DEFAULT_BATCH_WAIT_MS = 10
+# Most segments of uploaded files in one batch. Between two file batches the transcriber looks
+# at the live streams again, so a live segment that arrives while a file is transcribed waits for
+# at most one file batch. On the 2-core CPU a batch costs about as much per segment as its
+# segments one by one (Worker._read_batch: 0.8-1.0 s per segment at batch 1, 4 or 8), so a big
+# file batch buys no throughput there and only holds a newly arrived live segment back longer
+# (8 segments: 6-8 s; 4: 3-4 s); 1 would cost a few Redis round trips per segment for little
+# gain. On a GPU, where a batch of 8-16 costs little more than one segment, raise it (say to
+# --max-batch).
+DEFAULT_FILE_BATCH = 4
 ROLES = ("all", "finals", "partials")
 # A partials-only transcriber's niceness: when it shares the CPU with a finals transcriber,
 # Linux gives it about 1/70 of the other's share (CFS weights 15 vs 1024) while both are busy.
@@ -37,7 +46,7 @@ class TranscriberConfig:
     redis_url: str
     model_id: str
     name: str  # the pool (and stream) this transcriber serves
-    role: str  # "all", "finals" or "partials": which of the pool's two streams it reads
+    role: str  # "all" (finals, files, partials), "finals" (finals, files) or "partials"
     backend: str  # "transformers" (the reference) or "ctranslate2"
     device: str
     dtype: str  # transformers weights precision
@@ -45,6 +54,7 @@ class TranscriberConfig:
     decoding: Decoding
     max_batch: int
     batch_wait_ms: int
+    file_batch: int  # most segments of uploaded files transcribed in one batch
     claim_idle_ms: int
     max_attempts: int
     threads: int
@@ -132,7 +142,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         "--role",
         "ROLE",
         "all",
-        "which requests to serve: all (finals first, partials when no final waits), finals, or "
+        "which requests to serve: all (finals first, partials when no final waits, segments of "
+        "uploaded files when no live one waits), finals (finals, then files), or "
         f"partials (at OS priority nice +{PARTIALS_NICE}, so that it never slows a finals transcriber "
         "on the same CPU)",
         choices=list(ROLES),
@@ -182,6 +193,14 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         DEFAULT_BATCH_WAIT_MS,
         "after a batch's first segment arrives, wait at most this long for more (0: take what is there)",
         type=non_negative_int,
+    )
+    parser.env_flag(
+        "--file-batch",
+        "FILE_BATCH",
+        DEFAULT_FILE_BATCH,
+        "most segments of uploaded files per batch; files are served only when no live segment "
+        "waits, so a live segment waits at most one such batch",
+        type=positive(int),
     )
     parser.env_flag(
         "--claim-idle-ms",

@@ -1,12 +1,29 @@
 """The consume loop: stream entries in, transcripts published, entries acknowledged.
 
-Each round first reclaims entries that another (dead or stuck) consumer left
-pending for longer than ``claim_idle_ms`` (XAUTOCLAIM), else reads new ones
-(XREADGROUP), up to ``max_batch``. Entries of sessions whose client is gone are
-skipped; the rest are transcribed in one batch off the event loop. A result is
-published on its session's channel and only then is the entry acknowledged and
-the stream trimmed (``ACK_AND_TRIM``). An entry delivered more than ``max_attempts``
-times goes to the dead-letter stream and its session gets an error for that segment.
+A pool has three streams, each read through the one consumer group, in two lanes: the live
+lane, finals (``stt:segments:<pool>``) and partial requests (``stt:partials:<pool>``), and the
+file lane, the segments of uploaded files (``stt:files:<pool>``), so that a file never holds back
+live audio. Role ``all`` reads all three, ``finals`` finals and files, ``partials`` partials only.
+
+Each round serves the first of these that has work:
+
+1. live finals another (dead or stuck) consumer left pending longer than ``claim_idle_ms``
+   (XAUTOCLAIM), up to ``max_batch``;
+2. new live entries, read without waiting: finals up to ``max_batch`` (see ``_read_batch``),
+   then the newest partial of each session;
+3. only when that read found nothing, file entries: reclaimed as in 1, else new ones, up to
+   ``file_batch``;
+4. with nothing anywhere, one read over every served stream that waits up to BLOCK_MS; what it
+   brings is served live first, then files.
+
+A file is so transcribed batch after batch without a wait, and between two of its batches the
+loop looks at the live streams again: a live segment waits for at most one file batch.
+
+Entries of sessions whose client is gone are skipped; the rest are transcribed in one batch off
+the event loop. A result is published on its session's channel and only then is the entry
+acknowledged and its stream trimmed (``ACK_AND_TRIM``). A final or file entry delivered more than
+``max_attempts`` times goes to the dead-letter stream and its session gets an error for that
+segment; partials are never retried.
 """
 
 from __future__ import annotations
@@ -95,13 +112,16 @@ class Worker:
         self.model = model
         self.stream = keys.segment_stream(config.name)
         self.partials = keys.partials_stream(config.name)
+        self.files = keys.file_stream(config.name)
         self.dead = keys.dead_letter_stream(config.name)
-        # The streams each round reads, by role; finals first.
+        # The live streams each round reads, by role, finals first; and the file lane, if served.
         served = [stream for stream in (self.stream, self.partials) if self._serves(stream)]
         self.reads: dict[Any, Any] = dict.fromkeys(served, ">")
+        self.file_reads: dict[Any, Any] = {self.files: ">"} if self._serves(self.files) else {}
         self.ack_and_trim = client.register_script(ACK_AND_TRIM)
 
     def _serves(self, stream: str) -> bool:
+        """Role ``partials`` serves the partials stream alone; the others finals and files too."""
         return self.config.role == "all" or (self.config.role == "partials") == (stream == self.partials)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -114,7 +134,7 @@ class Worker:
                 self.config.consumer,
                 self.config.name,
                 self.config.role,
-                ", ".join(self.reads),
+                ", ".join([*self.reads, *self.file_reads]),
             )
             backoff = Backoff()
             while not stop.is_set():
@@ -134,7 +154,7 @@ class Worker:
             await self.redis.delete(keys.consumer_key(self.config.name, self.config.consumer))
 
     async def _ensure_groups(self) -> None:
-        for stream in (self.stream, self.partials):
+        for stream in (self.stream, self.partials, *self.file_reads):
             await ensure_group(self.redis, stream)
 
     async def _heartbeat(self) -> None:
@@ -153,6 +173,12 @@ class Worker:
                     lag = math.nan if group["lag"] is None else group["lag"]
                     self.metrics.stream_pending.labels(self.config.name).set(group["pending"])
                     self.metrics.stream_lag.labels(self.config.name).set(lag)
+                if self.file_reads:
+                    length = await self.redis.xlen(self.files)
+                    self.metrics.file_stream_length.labels(self.config.name).set(length)
+                    group = keys.our_group(await self.redis.xinfo_groups(self.files))
+                    if group is not None:
+                        self.metrics.file_stream_pending.labels(self.config.name).set(group["pending"])
             if self.config.device == "cuda" and self.config.backend == "transformers":
                 import torch  # loaded already by the transformers backend
 
@@ -160,30 +186,72 @@ class Worker:
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _round(self) -> None:
-        if self._serves(self.stream):
-            claimed: Any = await self.redis.xautoclaim(
-                self.stream,
-                keys.GROUP,
-                self.config.consumer,
-                min_idle_time=self.config.claim_idle_ms,
-                start_id="0-0",
-                count=self.config.max_batch,
-            )
-            entries: list[RawEntry] = [e for e in claimed[1] if e[1]]  # deleted entries come back empty
-            if entries:
-                await self._process(await self._retire_exhausted(entries))
-                return
+        """Serve the first lane with work, live before files (the module's docstring)."""
+        if self._serves(self.stream) and await self._reclaim(self.stream, self.config.max_batch):
+            return
         finals, partials = await self._read_batch()
+        files: list[RawEntry] = []
+        if not finals and not partials:
+            if self.file_reads:
+                if await self._reclaim(self.files, self.config.file_batch):
+                    return
+                files = (await self._read(self.file_reads, self.config.file_batch, None)).get(self.files, [])
+            if not files:
+                finals, partials, files = await self._wait_for_any()
         if finals:
-            await self._process(finals)
+            await self._process(self.stream, finals)
         if partials:
             # Finals first: partials read beside a final are stale by the time it is done.
             await self._process_partials(partials, stale=bool(finals))
+        if files:
+            await self._process(self.files, files)
+
+    async def _reclaim(self, stream: str, count: int) -> bool:
+        """Process up to ``count`` entries of ``stream`` that another consumer left pending for
+        ``claim_idle_ms``; whether there were any."""
+        claimed: Any = await self.redis.xautoclaim(
+            stream,
+            keys.GROUP,
+            self.config.consumer,
+            min_idle_time=self.config.claim_idle_ms,
+            start_id="0-0",
+            count=count,
+        )
+        entries: list[RawEntry] = [e for e in claimed[1] if e[1]]  # deleted entries come back empty
+        if entries:
+            await self._process(stream, await self._retire_exhausted(entries, stream))
+        return bool(entries)
+
+    async def _read(
+        self, streams: dict[Any, Any], count: int, block: int | None
+    ) -> dict[str, list[RawEntry]]:
+        """New entries of ``streams``, up to ``count`` from each; ``block``: wait up to that many
+        ms for the first (None: not at all)."""
+        reply: Any = await self.redis.xreadgroup(
+            keys.GROUP, self.config.consumer, streams, count=count, block=block
+        )
+        return {name.decode(): got for name, got in reply or []}
 
     async def _read_batch(self) -> tuple[list[RawEntry], list[RawEntry]]:
-        """New (final, partial) entries, up to ``max_batch`` each: wait up to BLOCK_MS for the
-        first, then, once a final segment is there, keep its batch open for at most
-        ``batch_wait_ms`` so that segments of sessions that stop talking at about the same time
+        """New live (final, partial) entries, up to ``max_batch`` each, without waiting for the
+        first; see ``_fill`` for a final's batch."""
+        read = await self._read(self.reads, self.config.max_batch, None)
+        return await self._fill(read.get(self.stream, [])), read.get(self.partials, [])
+
+    async def _wait_for_any(self) -> tuple[list[RawEntry], list[RawEntry], list[RawEntry]]:
+        """(final, partial, file) entries: nothing waits anywhere, so one read of every served
+        stream waits up to BLOCK_MS for the first. Its COUNT holds for each stream, so with the
+        file lane among them it is ``file_batch`` (a final's batch is then filled by ``_fill``)."""
+        count = self.config.max_batch
+        if self.file_reads:
+            count = min(count, self.config.file_batch)
+        read = await self._read({**self.reads, **self.file_reads}, count, BLOCK_MS)
+        finals = await self._fill(read.get(self.stream, []))
+        return finals, read.get(self.partials, []), read.get(self.files, [])
+
+    async def _fill(self, finals: list[RawEntry]) -> list[RawEntry]:
+        """Once a final segment is there, keep its batch open for at most ``batch_wait_ms`` (up to
+        ``max_batch``), so that segments of sessions that stop talking at about the same time
         share one batch.
 
         Default 10 ms, from bench/backends.py on the 2-core CPU: there a batch costs about as
@@ -194,30 +262,15 @@ class Worker:
         batch of 4-16 costs little more than one segment: raise it there (say 30-50 ms).
         """
         max_batch = self.config.max_batch
-        reply: Any = await self.redis.xreadgroup(
-            keys.GROUP,
-            self.config.consumer,
-            self.reads,
-            count=max_batch,
-            block=BLOCK_MS,
-        )
-        read = {name.decode(): got for name, got in reply or []}
-        finals, partials = read.get(self.stream, []), read.get(self.partials, [])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.batch_wait_ms / 1000
         while finals and len(finals) < max_batch:
             left_ms = int((deadline - loop.time()) * 1000)
             if left_ms < 1:  # block=0 would mean "forever"
                 break
-            more: Any = await self.redis.xreadgroup(
-                keys.GROUP,
-                self.config.consumer,
-                {self.stream: ">"},
-                count=max_batch - len(finals),
-                block=left_ms,
-            )
-            finals += [entry for _, got in more or [] for entry in got]
-        return finals, partials
+            more = await self._read({self.stream: ">"}, max_batch - len(finals), left_ms)
+            finals += more.get(self.stream, [])
+        return finals
 
     async def _process_partials(self, raw: list[RawEntry], stale: bool) -> None:
         """Transcribe the newest fresh partial request of each session; drop the rest.
@@ -237,13 +290,15 @@ class Worker:
         entries = [entry for entry in entries if entry.job.session in listening]
         await self._finish(self.partials, await self._transcribe(entries), [entry_id for entry_id, _ in raw])
 
-    async def _retire_exhausted(self, entries: list[RawEntry]) -> list[RawEntry]:
-        """Dead-letter reclaimed entries delivered more than ``max_attempts`` times; return the rest."""
+    async def _retire_exhausted(self, entries: list[RawEntry], stream: str | None = None) -> list[RawEntry]:
+        """Dead-letter reclaimed entries of ``stream`` (default: the finals') delivered more than
+        ``max_attempts`` times; return the rest."""
+        stream = stream or self.stream
         # One exact XPENDING per entry: a range from the smallest to the largest id would also
         # list other consumers' entries in between, and could be cut short by its count.
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id, _ in entries:
-                pipe.xpending_range(self.stream, keys.GROUP, min=entry_id, max=entry_id, count=1)
+                pipe.xpending_range(stream, keys.GROUP, min=entry_id, max=entry_id, count=1)
             replies: list[Any] = await pipe.execute()
         deliveries = {p["message_id"]: p["times_delivered"] for reply in replies for p in reply}
         keep = []
@@ -254,15 +309,24 @@ class Worker:
                 self.metrics.reclaimed.labels(self.config.name).inc()
                 keep.append((entry_id, fields))
             else:
-                await self._dead_letter(entry_id, fields, f"gave up after {attempts - 1} failed attempts")
+                await self._dead_letter(
+                    stream, entry_id, fields, f"gave up after {attempts - 1} failed attempts"
+                )
         return keep
 
-    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
-        log.error("entry %s dead-lettered: %s", entry_id.decode(), reason)
+    async def _dead_letter(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str
+    ) -> None:
+        log.error("entry %s of %s dead-lettered: %s", entry_id.decode(), stream, reason)
         self.metrics.dead_lettered.labels(self.config.name).inc()
         self.metrics.segments.labels(self.config.name, "error").inc()
         async with self.redis.pipeline(transaction=True) as pipe:
-            dead: dict[Any, Any] = {**fields, b"reason": reason.encode(), b"entry": entry_id}
+            dead: dict[Any, Any] = {
+                **fields,
+                b"reason": reason.encode(),
+                b"entry": entry_id,
+                b"stream": stream,
+            }
             pipe.xadd(self.dead, dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
             try:
                 job = SegmentJob.from_fields(fields)
@@ -276,16 +340,17 @@ class Worker:
                 pipe.publish(keys.result_channel(job.session), error.to_json())
             except ValueError:
                 pass  # malformed: nobody to tell
-            await self.ack_and_trim([self.stream], [keys.GROUP, entry_id], client=pipe)
+            await self.ack_and_trim([stream], [keys.GROUP, entry_id], client=pipe)
             await pipe.execute()
 
-    async def _process(self, raw: list[RawEntry]) -> None:
+    async def _process(self, stream: str, raw: list[RawEntry]) -> None:
+        """Transcribe the final or file entries ``raw`` of ``stream``, publish, acknowledge."""
         entries: list[Entry] = []
         for entry_id, fields in raw:
             try:
                 entries.append(Entry(entry_id, SegmentJob.from_fields(fields)))
             except ValueError as exc:
-                await self._dead_letter(entry_id, fields, str(exc))
+                await self._dead_letter(stream, entry_id, fields, str(exc))
         listening = await self._listening({entry.job.session for entry in entries})
         gone = [entry.id for entry in entries if entry.job.session not in listening]
         entries = [entry for entry in entries if entry.job.session in listening]
@@ -293,8 +358,10 @@ class Worker:
             log.info("skipped %d segment(s) of sessions whose client is gone", len(gone))
             self.metrics.skipped.labels(self.config.name).inc(len(gone))
         results = await self._transcribe(entries)
+        if stream == self.files:
+            self.metrics.file_segments.labels(self.config.name).inc(len(results))
         # A failed entry stays pending, to be reclaimed and retried.
-        await self._finish(self.stream, results, gone + list(results))
+        await self._finish(stream, results, gone + list(results))
 
     async def _transcribe(self, entries: list[Entry]) -> dict[bytes, SegmentResult]:
         """One batch through the model, off the event loop; failed entries are left out."""

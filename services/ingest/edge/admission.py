@@ -4,24 +4,25 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Response
+from aiohttp import web
+
+from services.ingest.edge.web import text
 
 RETRY_AFTER_S = 5
 
 
-def forbidden(ws: ServerConnection, reason: str) -> Response:
-    return ws.respond(HTTPStatus.FORBIDDEN, f"{reason}\n")
+def forbidden(reason: str) -> web.Response:
+    return text(HTTPStatus.FORBIDDEN, reason)
 
 
-def unauthorized(ws: ServerConnection) -> Response:
-    return ws.respond(
-        HTTPStatus.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer KEY' or ?token=KEY\n"
+def unauthorized() -> web.Response:
+    return text(
+        HTTPStatus.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer KEY' or ?token=KEY"
     )
 
 
-def busy(ws: ServerConnection, reason: str) -> Response:
+def busy(reason: str) -> web.Response:
     """HTTP 503 with a reason and Retry-After: the handshake's 'try again later'."""
-    response = ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{reason}; try again later\n")
-    response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response
+    return text(
+        HTTPStatus.SERVICE_UNAVAILABLE, f"{reason}; try again later", [("Retry-After", str(RETRY_AFTER_S))]
+    )

@@ -8,15 +8,13 @@ other path speaks our own protocol (Oriserve's clients connect to ``/``).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 
-from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Response
+from aiohttp import web
 
 from services.ingest.outputs import events
 from services.ingest.protocols import deepgram, flux, openai_realtime
@@ -28,7 +26,7 @@ from services.protocol import ProtocolError, SessionParams, parse_query
 Opener = Callable[[str], tuple[SessionParams, Adapter]]
 # How a protocol refuses a bad query at the handshake, as its own servers do (an HTTP error);
 # None: the session opens and says so in the protocol's error message.
-HandshakeRefusal = Callable[[ServerConnection, ProtocolError], Response]
+HandshakeRefusal = Callable[[ProtocolError], web.Response]
 
 
 @dataclass(frozen=True)
@@ -67,16 +65,12 @@ def _deepgram(query: str) -> tuple[SessionParams, Adapter]:
     return params, deepgram.Deepgram(options, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
 
 
-def _deepgram_refusal(ws: ServerConnection, error: ProtocolError) -> Response:
+def _deepgram_refusal(error: ProtocolError) -> web.Response:
     """Deepgram's refusal of a query: HTTP 400, the reason in its ``dg-error`` header and body."""
     request_id = str(uuid.uuid4())
     body = {"err_code": "Bad Request", "err_msg": error.message, "request_id": request_id}
-    response = ws.respond(HTTPStatus.BAD_REQUEST, json.dumps(body) + "\n")
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json"
-    response.headers["dg-error"] = error.message.encode("ascii", "replace").decode()
-    response.headers["dg-request-id"] = request_id
-    return response
+    headers = {"dg-error": error.message.encode("ascii", "replace").decode(), "dg-request-id": request_id}
+    return web.json_response(body, status=HTTPStatus.BAD_REQUEST, headers=headers)
 
 
 NATIVE = ClientRoute("native", _native)

@@ -1,4 +1,5 @@
-"""The ingest's WebSocket server: handshake, model check, session, shutdown."""
+"""The ingest's server (aiohttp, one port): plain HTTP, the admission of WebSocket handshakes,
+the sessions, the drain."""
 
 from __future__ import annotations
 
@@ -7,22 +8,20 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import replace
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-from websockets.typing import Origin, Subprotocol
+from aiohttp import web
 
 from services import keys, metrics, redis_url
 from services.catalog import requested_pool
 from services.ingest.config import IngestConfig
 from services.ingest.core.channels import Channels
-from services.ingest.edge import admission, auth, routes, web
+from services.ingest.edge import admission, auth, routes, uploads
+from services.ingest.edge import web as pages
+from services.ingest.edge.connection import Closed, Connection, Keepalive
 from services.ingest.edge.tls import Certificates
 from services.ingest.outputs import events, webhook
 from services.ingest.outputs.webhook import Webhook
@@ -47,6 +46,9 @@ from services.protocol import (
 
 log = logging.getLogger("ingest")
 
+MAX_HEADER_BYTES = 8190  # one header line, as aiohttp's default
+CLEANUP_S = 5.0  # after the drain, what is left (a keep-alive HTTP connection) gets this long
+
 
 class Ingest:
     def __init__(
@@ -64,8 +66,10 @@ class Ingest:
             Webhook(calls.webhook_url, calls.webhook_secret, metrics) if calls.webhook_url else None
         )
         self.sessions = 0
+        self.connections: set[Connection] = set()  # the WebSockets open now, closed by the drain
         self.idle = asyncio.Event()
         self.idle.set()
+        self.uploads = uploads.Uploads(config, client, router, metrics, self.resolve_model)
 
     async def served_models(self) -> list[str]:
         prefix = keys.alive_key("")
@@ -94,64 +98,101 @@ class Ingest:
             "unknown_model", f"model {name!r} is not served; served now: {', '.join(served)}", CLOSE_POLICY
         )
 
-    async def http(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Plain HTTP requests (health check, web page) and the admission of WebSocket
-        handshakes. None lets a handshake go on."""
-        url = urlsplit(request.path)
-        if request.path == "/healthz":
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Every request on the port: the health check, plain HTTP (the page), and WebSocket
+        handshakes, admitted (``admit``) before they are accepted."""
+        path = urlsplit(request.raw_path).path
+        if path == "/healthz":
             if not self.router.connected.is_set():  # no results could reach a session opened now
-                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the result subscriber has lost Redis\n")
-            return ws.respond(HTTPStatus.OK, "ok\n")
+                return pages.text(HTTPStatus.SERVICE_UNAVAILABLE, "the result subscriber has lost Redis")
+            return pages.text(HTTPStatus.OK, "ok")
         if request.headers.get("Upgrade", "").lower() != "websocket":
+            if request.method == "POST" and path in uploads.PATHS:
+                return await self.uploads.handle(request, path)
             if self.config.web:
-                return await web.respond(ws, request, self.served_models, self.config.default_model)
-            return ws.respond(HTTPStatus.NOT_FOUND, "not found; connect with a WebSocket client\n")
-        route = routes.find(url.path)
-        key = auth.presented_key(request)
+                return await pages.respond(request, path, self.served_models, self.config.default_model)
+            return pages.text(HTTPStatus.NOT_FOUND, "not found; connect with a WebSocket client")
+        origin = request.headers.get("Origin")
+        if self.config.allowed_origins and origin is not None and origin not in self.config.allowed_origins:
+            log.warning("refused %s: origin %s is not allowed", request.remote, origin[:80])
+            self.metrics.sessions_refused.labels("origin").inc()
+            return admission.forbidden(f"origin {origin[:80]} is not allowed")
+        refusal = await self.admit(request, path)
+        if refusal is not None:
+            return refusal
+        config = self.config
+        ws = web.WebSocketResponse(
+            # Deepgram's browser form ``token, KEY`` is answered with ``token`` (a browser refuses a
+            # handshake that selects none of its offers); any other client goes on without one.
+            protocols=(auth.TOKEN_SUBPROTOCOL,),
+            # Frames up to twice the limit are read and refused with an error event; larger ones
+            # are cut off by aiohttp itself (close 1009).
+            max_msg_size=2 * config.max_frame_bytes,
+            autoping=False,  # the keepalive is Connection's own
+            compress=False,
+        )
+        await ws.prepare(request)
+        connection = Connection(request, ws, Keepalive(config.ping_interval, config.ping_timeout))
+        self.connections.add(connection)
+        try:
+            await self.handle(connection)
+        finally:
+            self.connections.discard(connection)
+            connection.stop_keepalive()
+            await connection.close()  # a no-op once closed
+        return ws
+
+    async def admit(self, request: web.Request, path: str) -> web.Response | None:
+        """The admission of a WebSocket handshake: a refusal, or None to accept it."""
+        remote = request.remote
+        route = routes.find(path)
+        target = request.raw_path
+        key = auth.presented_key(request.headers, target)
         # A telephony stream without a key in its request carries it in its start's custom
         # parameters (Twilio's stream URL takes no query string): checked once start arrives.
         later = isinstance(route, routes.CallRoute) and key is None
         if self.config.api_keys and not later and not auth.key_valid(key, self.config.api_keys):
-            log.warning("refused %s: missing or wrong API key", ws.remote_address)
+            log.warning("refused %s: missing or wrong API key", remote)
             self.metrics.sessions_refused.labels("unauthorized").inc()
-            return admission.unauthorized(ws)
+            return admission.unauthorized()
         twilio_token = self.config.calls.twilio_auth_token
-        if url.path == "/twilio" and twilio_token and not auth.twilio_signed(request, twilio_token):
-            log.warning("refused %s: no valid X-Twilio-Signature", ws.remote_address)
+        if (
+            path == "/twilio"
+            and twilio_token
+            and not auth.twilio_signed(request.headers, target, twilio_token)
+        ):
+            log.warning("refused %s: no valid X-Twilio-Signature", remote)
             self.metrics.sessions_refused.labels("unauthorized").inc()
-            return admission.forbidden(ws, "missing or wrong X-Twilio-Signature")
+            return admission.forbidden("missing or wrong X-Twilio-Signature")
         if self.sessions >= self.config.max_sessions:
-            log.warning("refused %s: %d sessions already", ws.remote_address, self.sessions)
+            log.warning("refused %s: %d sessions already", remote, self.sessions)
             self.metrics.sessions_refused.labels("capacity").inc()
-            return admission.busy(ws, f"server full ({self.sessions} sessions)")
+            return admission.busy(f"server full ({self.sessions} sessions)")
         if isinstance(route, routes.EventsRoute):
             return None  # a reader of a call's events: no model, no backlog
+        query = urlsplit(target).query
         try:
-            params = (
-                parse_call_query(url.query)
-                if isinstance(route, routes.CallRoute)
-                else route.open(url.query)[0]
-            )
+            params = parse_call_query(query) if isinstance(route, routes.CallRoute) else route.open(query)[0]
         except ProtocolError as error:
             if isinstance(route, routes.ClientRoute) and route.refuse_at_handshake:
-                log.info("refused %s at the handshake: %s (%s)", ws.remote_address, error.code, error.message)
+                log.info("refused %s at the handshake: %s (%s)", remote, error.code, error.message)
                 self.metrics.sessions_refused.labels(error.code).inc()
-                return route.refuse_at_handshake(ws, error)
+                return route.refuse_at_handshake(error)
             return None  # the session reports it in its protocol
         name = requested_pool(params.model) if params.model else self.config.default_model
         try:
             backlog = await waiting(self.redis, keys.segment_stream(name))
         except redis.RedisError as exc:
-            log.error("refused %s: Redis failed: %s", ws.remote_address, exc)
+            log.error("refused %s: Redis failed: %s", remote, exc)
             self.metrics.sessions_refused.labels("backend_unavailable").inc()
-            return admission.busy(ws, "the queue is unavailable")
+            return admission.busy("the queue is unavailable")
         if backlog > self.config.max_backlog:
-            log.warning("refused %s: %d segments waiting for %s", ws.remote_address, backlog, name)
+            log.warning("refused %s: %d segments waiting for %s", remote, backlog, name)
             self.metrics.sessions_refused.labels("backlog").inc()
-            return admission.busy(ws, f"{backlog} segments are waiting for model {name}")
+            return admission.busy(f"{backlog} segments are waiting for model {name}")
         return None
 
-    async def refuse(self, ws: ServerConnection, error: ProtocolError, adapter: Adapter | None) -> None:
+    async def refuse(self, ws: Connection, error: ProtocolError, adapter: Adapter | None) -> None:
         """Tell the client why, in its protocol (``adapter``; none for a telephony platform, which
         reads nothing), then close with the error's close code and reason.
 
@@ -166,18 +207,17 @@ class Ingest:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ws.send(message), self.config.send_timeout)
             await ws.close(error.close_code, error.message[:120])
-        except ConnectionClosed:
+        except Closed:
             pass
         finally:
             discard.cancel()
 
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: Connection) -> None:
         session_id = uuid.uuid4().hex[:16]
         self.sessions += 1
         self.metrics.sessions_active.inc()
         self.idle.clear()
-        assert ws.request is not None
-        url = urlsplit(ws.request.path)
+        url = urlsplit(ws.target)
         route = routes.find(url.path)
         # The protocol's adapter, to say why a session ends early: our own protocol's until the
         # route's parses (its query may be what is wrong); none for a telephony platform.
@@ -196,7 +236,7 @@ class Ingest:
             assert isinstance(error, ProtocolError)
             log.info("session %s refused: %s (%s)", session_id, error.code, error.message)
             await self.refuse(ws, error, adapter)
-        except* (ConnectionClosed, ClientGone):
+        except* (Closed, ClientGone):
             log.info("session %s: client went away", session_id)
         except* redis.RedisError as group:
             log.error("session %s: Redis failed: %s", session_id, group.exceptions[0])
@@ -221,7 +261,7 @@ class Ingest:
         return replace(config, result_timeout=config.result_timeout + config.pool_start_timeout)
 
     async def handle_session(
-        self, ws: ServerConnection, session_id: str, params: SessionParams, adapter: Adapter
+        self, ws: Connection, session_id: str, params: SessionParams, adapter: Adapter
     ) -> None:
         """A client speaking a wire protocol: audio in, events back on the same socket."""
         model, cold = await self.resolve_model(params.model)
@@ -243,7 +283,7 @@ class Ingest:
             self.metrics.sessions_opened.labels(model).inc()
             await Session(ws, channels, adapter, config, self.redis, results, cold).run()
 
-    async def handle_call(self, ws: ServerConnection, session_id: str, platform: telephony.Platform) -> None:
+    async def handle_call(self, ws: Connection, session_id: str, platform: telephony.Platform) -> None:
         """A telephony platform's media stream: its events go to the call's event stream. Its
         settings (and its API key, when the request carried none) come from the stream URL's query
         and from ``start``'s custom parameters."""
@@ -252,11 +292,10 @@ class Ingest:
                 start = await read_start(ws, platform)
         except TimeoutError:
             raise ProtocolError("idle_timeout", f"no start within {self.config.idle_timeout:g} s") from None
-        assert ws.request is not None
-        keys_needed = self.config.api_keys and auth.presented_key(ws.request) is None
+        keys_needed = self.config.api_keys and auth.presented_key(ws.headers, ws.target) is None
         if keys_needed and not auth.key_valid(start.custom.get("token"), self.config.api_keys):
             raise ProtocolError("unauthorized", "missing or wrong API key (custom parameter 'token')")
-        params = parse_call_query(urlsplit(ws.request.path).query, start.custom)
+        params = parse_call_query(urlsplit(ws.target).query, start.custom)
         model, cold = await self.resolve_model(params.model)
         config = self.session_config(cold)
         async with self.router.subscription(session_id) as results:
@@ -275,7 +314,7 @@ class Ingest:
             await CallSession(ws, call, config, self.redis, results, cold, self.webhook).run()
 
 
-async def read_start(ws: ServerConnection, platform: telephony.Platform) -> telephony.Start:
+async def read_start(ws: Connection, platform: telephony.Platform) -> telephony.Start:
     """The platform's frames up to its ``start`` (a ``connected`` may come first)."""
     while True:
         parsed = telephony.parse(platform, await ws.recv())
@@ -285,34 +324,33 @@ async def read_start(ws: ServerConnection, platform: telephony.Platform) -> tele
             raise ProtocolError("bad_message", f"{type(parsed).__name__.lower()} before start")
 
 
-def select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """Deepgram's browser form ``token, KEY`` is answered with ``token`` (a browser refuses a
-    handshake that selects none of its offers); any other client goes on without one."""
-    token = Subprotocol(auth.TOKEN_SUBPROTOCOL)
-    return token if token in offered else None
-
-
-async def discard_incoming(ws: ServerConnection) -> None:
-    with contextlib.suppress(ConnectionClosed):
+async def discard_incoming(ws: Connection) -> None:
+    with contextlib.suppress(Closed):
         async for _ in ws:
             pass
 
 
-async def drain(server: Server, ingest: Ingest, grace: float) -> None:
+async def drain(runner: web.AppRunner, ingest: Ingest, grace: float) -> None:
     """Stop accepting, give live sessions ``grace`` seconds, then close them with 1001."""
-    server.close(close_connections=False)
-    if ingest.sessions:
-        log.info("draining %d live session(s) for up to %.0f s", ingest.sessions, grace)
+    for listening in list(runner.sites):
+        await listening.stop()
+    if ingest.sessions or ingest.uploads.running:
+        log.info(
+            "draining %d live session(s) and %d file(s) for up to %.0f s",
+            ingest.sessions,
+            ingest.uploads.running,
+            grace,
+        )
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(grace):
             await ingest.idle.wait()
-    # Server.close() is idempotent, so the sessions still open are closed here.
-    if server.connections:
-        log.info("closing %d session(s) still open after the drain", len(server.connections))
+            await ingest.uploads.idle.wait()
+    if ingest.connections:
+        log.info("closing %d session(s) still open after the drain", len(ingest.connections))
         await asyncio.gather(
-            *(connection.close(CLOSE_GOING_AWAY, "server shutting down") for connection in server.connections)
+            *(connection.close(CLOSE_GOING_AWAY, "server shutting down") for connection in ingest.connections)
         )
-    await server.wait_closed()
+    await runner.cleanup()
 
 
 async def wait_first(*events: asyncio.Event) -> None:
@@ -346,27 +384,21 @@ async def run(config: IngestConfig) -> None:
                 side.append(tasks.create_task(supervise("webhook", ingest.webhook.run, restarts)))
             # Listen only once results can be received: a session opened earlier would be refused.
             await wait_first(router.connected, stop)
-            async with serve(
-                ingest.handle,
-                config.host,
-                config.port,
-                process_request=ingest.http,
-                select_subprotocol=select_subprotocol,
-                origins=[*map(Origin, config.allowed_origins), None] if config.allowed_origins else None,
-                # Frames up to twice the limit are read and refused with an error event;
-                # larger ones are cut off by websockets itself (close 1009).
-                max_size=2 * config.max_frame_bytes,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
-                compression=None,
-                ssl=certificates.context if certificates else None,
-            ) as server:
-                for sock in server.sockets:
-                    host, port = sock.getsockname()[:2]
-                    scheme = "wss" if certificates else "ws"
-                    log.info("ingest %s listening on %s://%s:%d", ingest_id, scheme, host, port)
-                await stop.wait()
-                await drain(server, ingest, config.drain_timeout)
+            app = web.Application(handler_args={"max_field_size": MAX_HEADER_BYTES})
+            app.router.add_route("*", "/{path:.*}", ingest.dispatch)
+            # No access log: a line per request would cost more than the frames of a session.
+            runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=CLEANUP_S)
+            await runner.setup()
+            listening = web.TCPSite(
+                runner, config.host, config.port, ssl_context=certificates.context if certificates else None
+            )
+            await listening.start()
+            for address in runner.addresses:
+                host, port = address[:2]
+                scheme = "wss" if certificates else "ws"
+                log.info("ingest %s listening on %s://%s:%d", ingest_id, scheme, host, port)
+            await stop.wait()
+            await drain(runner, ingest, config.drain_timeout)
             if ingest.webhook is not None:  # the drained sessions' last finals, bounded
                 await ingest.webhook.drain(webhook.DRAIN_S)
             for task in side:

@@ -2,23 +2,19 @@
 
 Only the names in ``FILES`` are ever read, so no request path can reach another file.
 Every response says ``Cache-Control: no-cache`` so a restarted ingest's page is never
-stale, and the connection closes after it (the WebSocket server speaks no keep-alive).
+stale.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import redis.asyncio as redis
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from aiohttp import web
 
 log = logging.getLogger("ingest.web")
 
@@ -41,33 +37,24 @@ CSP = (
 
 def response(
     status: HTTPStatus, body: bytes, content_type: str, extra: Iterable[tuple[str, str]] = ()
-) -> Response:
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
-            *extra,
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
+) -> web.Response:
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", **dict(extra)}
+    answer = web.Response(status=status.value, body=body, headers=headers)
+    answer.headers["Content-Type"] = content_type
+    return answer
 
 
-def text(status: HTTPStatus, message: str, extra: Iterable[tuple[str, str]] = ()) -> Response:
+def text(status: HTTPStatus, message: str, extra: Iterable[tuple[str, str]] = ()) -> web.Response:
     return response(status, f"{message}\n".encode(), "text/plain; charset=utf-8", extra)
 
 
 async def respond(
-    ws: ServerConnection,
-    request: Request,
+    request: web.Request,
+    path: str,
     served_models: Callable[[], Awaitable[list[str]]],
     default_model: str,
-) -> Response:
-    """Answer one plain HTTP request (not a WebSocket upgrade)."""
-    path = urlsplit(request.path).path
+) -> web.Response:
+    """Answer one plain HTTP request (not a WebSocket upgrade) for ``path``."""
     if path not in FILES and path != "/models":
         return text(HTTPStatus.NOT_FOUND, "not found")
     if request.method != "GET":

@@ -20,10 +20,9 @@ from typing import Any, NoReturn
 from urllib.parse import parse_qs
 
 import redis.asyncio as redis
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from services import keys
+from services.ingest.edge.connection import Closed, Connection
 from services.ingest.pipeline.session import ClientGone
 from services.ingest.protocols.telephony.frames import CALL_ID
 from services.protocol import CLOSE_INTERNAL, ErrorEvent, ProtocolError
@@ -56,7 +55,7 @@ def start_after(query: str) -> str:
     return values[-1]
 
 
-async def follow(ws: ServerConnection, client: redis.Redis, call: str, after: str, wait_s: float) -> None:
+async def follow(ws: Connection, client: redis.Redis, call: str, after: str, wait_s: float) -> None:
     """Send the call's events after ``after``, then live ones, until every stream of the call that
     started has its ``done``. Every wait is bounded: a call not started within ``wait_s`` is
     ``unknown_call``; once no stream of the call is live (``keys.call_live``) and no event came for
@@ -121,7 +120,7 @@ async def _unfinished_before(client: redis.Redis, stream: str, after: str) -> se
     return unfinished
 
 
-async def _end_without_done(ws: ServerConnection, unfinished: set[str]) -> None:
+async def _end_without_done(ws: Connection, unfinished: set[str]) -> None:
     """No stream of the call is live any more and nothing comes: the reader is told how it ended."""
     if not unfinished:
         await ws.close(1000, "no stream of the call is live")
@@ -132,10 +131,10 @@ async def _end_without_done(ws: ServerConnection, unfinished: set[str]) -> None:
     await ws.close(CLOSE_INTERNAL, "the call's stream was lost")
 
 
-async def _ignore_incoming(ws: ServerConnection) -> NoReturn:
+async def _ignore_incoming(ws: Connection) -> NoReturn:
     """Read (and drop) what the reader sends, so its pings and close are seen; a reader that
     leaves ends the follow."""
-    with contextlib.suppress(ConnectionClosed):
+    with contextlib.suppress(Closed):
         async for _ in ws:
             pass
     raise ClientGone()

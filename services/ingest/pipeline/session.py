@@ -18,12 +18,11 @@ from collections.abc import Coroutine
 from typing import Any, NoReturn
 
 import redis.asyncio as redis
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from services import keys
 from services.ingest.config import IngestConfig
 from services.ingest.core.channels import Channels
+from services.ingest.edge.connection import Closed, ClosedOK, Connection
 from services.ingest.outputs.webhook import Webhook
 from services.ingest.pipeline.backlog import waiting
 from services.ingest.pipeline.results import LOST, WAKE
@@ -59,19 +58,18 @@ class ClientGone(Exception):
 
 
 class Runner(abc.ABC):
-    """A session's two tasks; what a frame means (``_take``) and where an event goes (``_send``)
-    is its kind's: a client's protocol (``Session``) or a telephony call (``CallSession``)."""
+    """A session's two tasks: where its audio comes from (``_receive``) and where an event goes
+    (``_send``) is its kind's: a socket (``SocketRunner``) or an uploaded file
+    (``services.ingest.pipeline.files``)."""
 
     def __init__(
         self,
-        ws: ServerConnection,
         core: Channels,
         config: IngestConfig,
         client: redis.Redis,
         results: asyncio.Queue[bytes],
         cold: bool = False,
     ) -> None:
-        self.ws = ws
         self.core = core
         self.cold = cold  # its pool had no live transcriber yet (a --pools pool at zero)
         self.id = core.id
@@ -80,8 +78,6 @@ class Runner(abc.ABC):
         self.results = results
         self.stream = keys.segment_stream(core.model)
         self.partials_stream = keys.partials_stream(core.model)
-        self.idle_timeout = config.idle_timeout  # no frame for this long ends the session
-        self.replies: list[str | bytes] = []  # frames that answer the client's last one, sent at once
 
     async def run(self) -> None:
         """Until ``done`` is sent; raises ClientGone or ProtocolError if the session ends early."""
@@ -112,55 +108,9 @@ class Runner(abc.ABC):
             await asyncio.sleep(POOL_POLL_S)
         log.info("session %s: pool %s is up", self.id, self.core.model)
 
-    async def _after_eof(self) -> NoReturn:
-        """After end of audio, notice a client that leaves before its results arrive, so
-        they are not waited for (and not transcribed: the channel is unsubscribed)."""
-        with contextlib.suppress(ConnectionClosedOK):
-            async for _ in self.ws:
-                pass  # nothing is expected after end of audio
-        raise ClientGone()
-
-    async def _receive(self) -> None:
-        idle_timeout = self.idle_timeout
-        try:
-            # One timer rescheduled per frame: asyncio.wait_for would cost a task per frame.
-            async with asyncio.timeout(None) as idle:
-                await self._receive_audio(idle)
-        except TimeoutError:
-            if not idle.expired():
-                raise
-            raise ProtocolError("idle_timeout", f"no data for {idle_timeout:g} s") from None
-
-    async def _receive_audio(self, idle: asyncio.Timeout) -> NoReturn:
-        core = self.core
-        loop = asyncio.get_running_loop()
-        while True:
-            idle.reschedule(loop.time() + self.idle_timeout)
-            try:
-                message = await self.ws.recv()
-            except ConnectionClosed as closed:
-                self._closed(closed)
-            else:
-                self._take(message, time.time())
-            while self.replies:
-                await self._deliver(self.replies.pop(0))
-            await self._offer_guesses()
-            await self._queue(core.jobs_to_queue())
-            if core.eof or core.has_events:
-                await self.results.put(WAKE)  # the relay sends what the core made here
-            if core.eof:
-                idle.reschedule(None)
-                await self._after_eof()
-
     @abc.abstractmethod
-    def _take(self, message: str | bytes, now: float) -> None:
-        """One frame from the socket, into the core."""
-
-    def _closed(self, closed: ConnectionClosed) -> None:
-        """The client closed the connection before end of audio: its results are not wanted."""
-        if isinstance(closed, ConnectionClosedOK):
-            raise ClientGone()
-        raise closed
+    async def _receive(self) -> None:
+        """Feed the session's audio into the core and queue the jobs it makes."""
 
     async def _offer_guesses(self) -> None:
         """Queue each channel's eager guess, if the pool has time to spare for it."""
@@ -235,6 +185,75 @@ class Runner(abc.ABC):
     async def _send(self, event: ServerEvent) -> None:
         """Deliver one of the core's events; then report it with ``core.sent``."""
 
+
+class SocketRunner(Runner):
+    """A session whose audio comes over a WebSocket: what a frame means (``_take``) is its
+    kind's, a client's protocol (``Session``) or a telephony call (``CallSession``)."""
+
+    def __init__(
+        self,
+        ws: Connection,
+        core: Channels,
+        config: IngestConfig,
+        client: redis.Redis,
+        results: asyncio.Queue[bytes],
+        cold: bool = False,
+    ) -> None:
+        super().__init__(core, config, client, results, cold)
+        self.ws = ws
+        self.idle_timeout = config.idle_timeout  # no frame for this long ends the session
+        self.replies: list[str | bytes] = []  # frames that answer the client's last one, sent at once
+
+    async def _after_eof(self) -> NoReturn:
+        """After end of audio, notice a client that leaves before its results arrive, so
+        they are not waited for (and not transcribed: the channel is unsubscribed)."""
+        with contextlib.suppress(ClosedOK):
+            async for _ in self.ws:
+                pass  # nothing is expected after end of audio
+        raise ClientGone()
+
+    async def _receive(self) -> None:
+        idle_timeout = self.idle_timeout
+        try:
+            # One timer rescheduled per frame: asyncio.wait_for would cost a task per frame.
+            async with asyncio.timeout(None) as idle:
+                await self._receive_audio(idle)
+        except TimeoutError:
+            if not idle.expired():
+                raise
+            raise ProtocolError("idle_timeout", f"no data for {idle_timeout:g} s") from None
+
+    async def _receive_audio(self, idle: asyncio.Timeout) -> NoReturn:
+        core = self.core
+        loop = asyncio.get_running_loop()
+        while True:
+            idle.reschedule(loop.time() + self.idle_timeout)
+            try:
+                message = await self.ws.recv()
+            except Closed as closed:
+                self._closed(closed)
+            else:
+                self._take(message, time.time())
+            while self.replies:
+                await self._deliver(self.replies.pop(0))
+            await self._offer_guesses()
+            await self._queue(core.jobs_to_queue())
+            if core.eof or core.has_events:
+                await self.results.put(WAKE)  # the relay sends what the core made here
+            if core.eof:
+                idle.reschedule(None)
+                await self._after_eof()
+
+    @abc.abstractmethod
+    def _take(self, message: str | bytes, now: float) -> None:
+        """One frame from the socket, into the core."""
+
+    def _closed(self, closed: Closed) -> None:
+        """The client closed the connection before end of audio: its results are not wanted."""
+        if isinstance(closed, ClosedOK):
+            raise ClientGone()
+        raise closed
+
     async def _deliver(self, frame: str | bytes) -> None:
         """Send one frame; a client that does not read for ``send_timeout`` is cut off."""
         try:
@@ -243,13 +262,13 @@ class Runner(abc.ABC):
             raise ProtocolError("slow_client", "the client does not read its results") from None
 
 
-class Session(Runner):
+class Session(SocketRunner):
     """A client speaking one of the wire protocols (``services.ingest.protocols``): its frames go
     through the protocol's adapter into the core, and the core's events back out through it."""
 
     def __init__(
         self,
-        ws: ServerConnection,
+        ws: Connection,
         core: Channels,
         adapter: Adapter,
         config: IngestConfig,
@@ -277,7 +296,7 @@ class Session(Runner):
         self.core.sent(event, time.time())
 
 
-class CallSession(Runner):
+class CallSession(SocketRunner):
     """A telephony call: the platform's JSON frames in (``protocols.telephony.call``, the call
     core), the call's events out to its event stream in Redis (``keys.call_events``), never to
     the platform.
@@ -288,7 +307,7 @@ class CallSession(Runner):
 
     def __init__(
         self,
-        ws: ServerConnection,
+        ws: Connection,
         call: Call,
         config: IngestConfig,
         client: redis.Redis,
@@ -334,13 +353,13 @@ class CallSession(Runner):
         check_frame_size(len(message), self.config.max_frame_bytes)
         self.call.message(telephony.parse(self.call.start.platform, message), now)
 
-    def _closed(self, closed: ConnectionClosed) -> None:
+    def _closed(self, closed: Closed) -> None:
         self.call.hang_up(time.time(), "hangup")
 
     async def _after_eof(self) -> NoReturn:
         # Whether the platform keeps the socket open after stop or closes it, the relay goes on
         # until every transcript is recorded, then ends the session (and this task).
-        with contextlib.suppress(ConnectionClosed):
+        with contextlib.suppress(Closed):
             async for _ in self.ws:
                 pass
         await asyncio.Event().wait()

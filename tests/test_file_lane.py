@@ -1,0 +1,185 @@
+"""The file lane: segments of uploaded files, queued on a pool's own file stream
+(``keys.file_stream``) with the same fields as live finals, are answered like live finals, but
+a transcriber takes them only when no live segment waits, at most ``--file-batch`` at a time.
+
+Real parts: a redis-server and transcriber processes running the real consume loop
+(``services.transcriber.worker``). The model is ``bench.echo_worker``'s stand-in (as in
+``tests/test_backlog.py``): it answers every segment "echo" after ``ECHO_MODEL_TIME`` seconds
+slept off the event loop, so that the order of the work, which is what these tests check, does
+not depend on how busy the 2 cores are; the model itself is the same for both lanes. The segments
+are queued here directly, as the ingest queues them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.client import PubSub
+
+from services import keys
+from services.protocol import SegmentJob, SegmentResult
+from services.stack import Stack, counter, free_port, wait_until
+from services.transcriber.worker import BLOCK_MS
+
+POOL = "file-lane-test"
+FILE_BATCH = 4
+FILES = keys.file_stream(POOL)
+# --backend ctranslate2 only so that parsing the flags does not import torch (slow to start).
+FLAGS: tuple[str, ...] = ("--serve-as", POOL, "--backend", "ctranslate2", "--batch-wait-ms", "0")
+FLAGS += ("--file-batch", str(FILE_BATCH))
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A private redis-server; each test starts its own transcribers."""
+    stack = Stack(tmp_path)
+    yield stack
+    stack.stop()
+
+
+def start(stack: Stack, *flags: str, model_time: str = "0,0", role: str = "all") -> int:
+    """One echo transcriber in ``role``, once it serves; its metrics port."""
+    port = free_port()
+    env = {"ECHO_MODEL_TIME": model_time}
+    stack.start_transcriber(
+        "echo", *FLAGS, "--role", role, *flags, env=env, module="bench.echo_worker", metrics_port=port
+    )
+    stack.wait_serving(POOL, role=role, timeout=60)
+    return port
+
+
+def job(session: str, segment: int, partial: bool = False) -> dict[Any, Any]:
+    """A 0.1 s segment's stream entry, queued now (live finals and file segments alike)."""
+    now, start = time.time(), segment * 1.0
+    return SegmentJob(
+        session, segment, bytes(3200), start, start + 0.1, now, now, partial=partial
+    ).to_fields()
+
+
+def queue(client: redis.Redis, entries: list[dict[Any, Any]]) -> None:
+    """Queue file segments at once (MULTI), as the ingest does a file's: the transcriber's first
+    read sees them all."""
+    with client.pipeline(transaction=True) as pipe:
+        for fields in entries:
+            pipe.xadd(FILES, fields, maxlen=1000, approximate=True)
+        pipe.execute()
+
+
+def listen(pubsub: PubSub, *sessions: str) -> None:
+    """Listen on ``sessions``' result channels, each subscription confirmed (the transcriber
+    skips the segments of sessions nobody listens to)."""
+    pubsub.subscribe(*(keys.result_channel(s) for s in sessions))
+    for _ in sessions:
+        wait_until(lambda: pubsub.get_message(timeout=0.1), 5, "a subscription's confirmation")
+
+
+def results(pubsub: PubSub, count: int, timeout: float) -> list[SegmentResult]:
+    """The next ``count`` results, in the order they arrived."""
+    got: list[SegmentResult] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"{len(got)} results of {count} after {timeout} s: {got}"
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            got.append(SegmentResult.from_json(message["data"]))
+    return got
+
+
+def drained(client: redis.Redis, stream: str) -> bool:
+    """Every entry of ``stream`` delivered, acknowledged and trimmed away."""
+    (group,) = client.xinfo_groups(stream)
+    return bool(client.xlen(stream) == 0 and group["pending"] == 0 and group["lag"] == 0)
+
+
+def test_file_segments_are_answered_once_each_and_trimmed(stack: Stack) -> None:
+    """Batch after batch, without a wait in between: a loop that blocked on the live streams
+    (up to BLOCK_MS) before it looked at the files would leave that gap between two batches."""
+    port = start(stack)
+    with redis.Redis.from_url(stack.redis_url) as client, client.pubsub() as pubsub:
+        listen(pubsub, "upload")
+        queue(client, [job("upload", n) for n in range(10)] + [job("gone", n) for n in range(2)])
+        got = results(pubsub, 10, timeout=20)
+        wait_until(lambda: drained(client, FILES), 10, "the file stream to be trimmed")
+        assert pubsub.get_message(timeout=0.5) is None  # nothing answered twice
+    assert sorted(r.segment for r in got) == list(range(10))
+    assert {(r.session, r.outcome, r.text, r.partial) for r in got} == {("upload", "text", "echo", False)}
+    batches = sorted({(r.timings["model_start"], r.timings["model_end"]) for r in got})
+    assert [int(r.timings["batch"]) for r in got] == [FILE_BATCH] * 8 + [2] * 2
+    gaps = [start - end for (_, end), (start, _) in itertools.pairwise(batches)]
+    assert max(gaps) < BLOCK_MS / 1000 / 2, gaps
+    assert counter(port, "stt_file_segments_transcribed_total", model=POOL) == 10
+    assert counter(port, "stt_segments_skipped_total", model=POOL) == 2
+    gauges = ("stt_file_stream_length", "stt_file_stream_pending")
+    wait_until(lambda: all(counter(port, g, model=POOL) == 0 for g in gauges), 10, "the file gauges")
+
+
+def test_a_live_segment_waits_for_at_most_one_file_batch(stack: Stack) -> None:
+    """12 file segments (0.25 s of model time each: 1 s a batch of 4) and, once the first file
+    batch is answered, a live final: it goes before the file segments still queued, alone, and at
+    most one file batch (one the transcriber was just starting) starts between its queueing and
+    its model start. Served first come, first served, it would come after every file segment
+    (``later`` fails); with files read like finals, up to --max-batch (8) at a time, the batch
+    sizes fail; files read while a live segment waits make ``overtaking`` more than one."""
+    start(stack, model_time="0,0.25")
+    with redis.Redis.from_url(stack.redis_url) as client, client.pubsub() as pubsub:
+        listen(pubsub, "upload", "talker")
+        queue(client, [job("upload", n) for n in range(12)])
+        first = results(pubsub, 1, timeout=20)
+        client.xadd(keys.segment_stream(POOL), job("talker", 0))
+        got = first + results(pubsub, 12, timeout=30)
+    (live,) = [r for r in got if r.session == "talker"]
+    files = [r for r in got if r.session == "upload"]
+    assert sorted(r.segment for r in files) == list(range(12))
+    assert live.timings["batch"] == 1  # alone: never batched with file segments
+    assert max(r.timings["batch"] for r in files) <= FILE_BATCH
+    queued, served = live.timings["enqueued_at"], live.timings["model_start"]
+    overtaking = {r.timings["model_start"] for r in files if queued < r.timings["model_start"] < served}
+    assert len(overtaking) <= 1, f"{len(overtaking)} file batches started while the live segment waited"
+    later = [r for r in files if r.timings["model_start"] > served]
+    assert len(later) >= FILE_BATCH, f"only {len(later)} file segments were left after the live one"
+    assert got.index(live) < len(got) - FILE_BATCH
+
+
+def test_a_partials_transcriber_never_takes_file_segments(stack: Stack) -> None:
+    start(stack, role="partials")
+    with redis.Redis.from_url(stack.redis_url) as client, client.pubsub() as pubsub:
+        listen(pubsub, "upload")
+        assert not client.exists(FILES)  # it made no group there either
+        client.xgroup_create(FILES, keys.GROUP, id="0", mkstream=True)  # as a finals transcriber does
+        for n in range(3):
+            client.xadd(FILES, job("upload", n))
+        # Its loop has gone round since: the partial queued after the files is answered.
+        client.xadd(keys.partials_stream(POOL), job("upload", 3, partial=True))
+        (answer,) = results(pubsub, 1, timeout=20)
+        assert answer.partial and answer.segment == 3
+        (group,) = client.xinfo_groups(FILES)
+        assert group["lag"] == 3 and group["pending"] == 0 and group["consumers"] == 0
+        assert pubsub.get_message(timeout=0.5) is None
+
+
+def test_file_segments_a_dead_consumer_left_pending_are_reclaimed(stack: Stack) -> None:
+    """Two file entries held by a consumer that died: one is reclaimed and answered, the other
+    had been delivered too often already (``--max-attempts 2``) and goes to the dead-letter
+    stream, its session told; both are acknowledged and trimmed."""
+    with redis.Redis.from_url(stack.redis_url) as client, client.pubsub() as pubsub:
+        listen(pubsub, "upload")
+        client.xgroup_create(FILES, keys.GROUP, id="0", mkstream=True)
+        ids = [client.xadd(FILES, job("upload", n)) for n in range(2)]
+        client.xreadgroup(keys.GROUP, "dead", {FILES: ">"})
+        for _ in range(2):  # entry 1: delivered three times already
+            client.xclaim(FILES, keys.GROUP, "dead", 0, [ids[1]])
+        port = start(stack, "--claim-idle-ms", "300", "--max-attempts", "2")
+        got = {r.segment: r for r in results(pubsub, 2, timeout=20)}
+        wait_until(lambda: drained(client, FILES), 10, "the file stream to be trimmed")
+        dead: Any = client.xrange(keys.dead_letter_stream(POOL))
+    assert got[0].outcome == "text" and got[0].text == "echo"
+    assert got[1].outcome == "error" and "gave up after 3 failed attempts" in (got[1].reason or "")
+    assert [(fields[b"entry"], fields[b"stream"]) for _, fields in dead] == [(ids[1], FILES.encode())]
+    assert counter(port, "stt_segments_reclaimed_total", model=POOL) == 1
+    assert counter(port, "stt_segments_dead_lettered_total", model=POOL) == 1
