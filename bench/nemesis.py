@@ -64,7 +64,7 @@ SENTENCES = (
 )
 # What lives in Redis as long as the transcribers do: their liveness keys and their pools' streams
 # (which must be empty, and have nothing pending, once every session ended).
-SERVICE_KEYS = re.compile(rf"^{keys.PREFIX}:(alive|consumer|segments|partials):")
+SERVICE_KEYS = re.compile(rf"^{keys.PREFIX}:(alive|consumer|segments|partials|files):")
 
 
 @dataclass(frozen=True)
