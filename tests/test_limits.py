@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -167,6 +168,24 @@ def test_an_unserved_default_model_falls_back_to_the_only_pool_served(
     with connect(uri + "/?model=swift") as ws:  # asked for by name: not served, and said so
         events, code, _ = events_until_close(ws)
         assert errors(events) == ["unknown_model"] and code == 1008
+
+
+def test_a_refusal_reaches_a_client_that_streams_without_reading(
+    ingests: Callable[..., str], base_stack: Stack
+) -> None:
+    """A client that sends its audio as fast as it can and reads only afterwards: its frames are
+    still unread on the server when the session is refused. The refusal (error event, then close
+    code) must reach it: a socket closed with unread data in it is reset by the kernel, and what
+    was sent before the reset is lost."""
+    uri = ingests("--default-model", "swift")
+    chunk = bytes(640)  # 20 ms of 16 kHz silence
+    for _ in range(10):
+        with connect(uri + "/?model=swift", max_queue=None) as ws:
+            with contextlib.suppress(ConnectionClosed):  # closed while it sends: read what came
+                for _ in range(400):
+                    ws.send(chunk)
+            events, code, reason = events_until_close(ws)
+        assert errors(events) == ["unknown_model"] and code == 1008, (events, code, reason)
 
 
 def test_a_backlog_over_the_threshold_gets_503(ingests: Callable[..., str], base_stack: Stack) -> None:

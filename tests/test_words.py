@@ -218,7 +218,12 @@ def ct2_model() -> CTranslate2Model:
 def test_word_times_are_within_0_15_s_of_the_truth_for_nine_words_in_ten(
     ct2_model: CTranslate2Model, tmp_path: Path
 ) -> None:
-    errors = []
+    """Every word's timing is checked against the word spoken at its place (one word out per
+    word in). What the model hears in a word is not this test's subject: int8 decodes differ
+    between CPUs (on an AMD EPYC, int8 hears the isolated, synthetic "the" opening the first
+    sentence as "A", probability 0.23; float32 there, and int8 on the Intel machines before,
+    hear "The"), so one misheard word in the ~45 is allowed; its timing is still checked."""
+    errors, misheard = [], []
     for n, sentence in enumerate(SENTENCES[:5]):
         folder = tmp_path / str(n)
         folder.mkdir()
@@ -226,9 +231,11 @@ def test_word_times_are_within_0_15_s_of_the_truth_for_nine_words_in_ten(
         (transcript,) = ct2_model.transcribe([clip], [True])
         assert len(transcript.words) == len(truth), (transcript.text, transcript.words)
         for (said, start, end), word in zip(truth, transcript.words, strict=True):
-            assert said in word.word.lower()
+            if said not in word.word.lower():
+                misheard.append((said, word))
             assert 0 < word.probability <= 1
             errors += [abs(word.start - start), abs(word.end - end)]
+    assert len(misheard) <= 1, misheard
     within = float(np.mean(np.array(errors) <= TOLERANCE_S))
     median = float(np.median(errors))
     print(

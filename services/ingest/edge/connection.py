@@ -6,6 +6,12 @@ A closed connection raises ``Closed`` (``ClosedOK`` for a normal close, 1000 or 
 ping every ``ping_interval`` seconds whether or not frames arrive, and no pong within
 ``ping_timeout`` cuts the connection off (1011) — a client that sends audio but never reads is
 noticed too (aiohttp's own heartbeat pings only idle connections).
+
+A close is a closing handshake even while another task waits in ``recv``: that wait is
+interrupted first (``recv`` raises ``Closed`` there), so aiohttp reads (and drops) the client's
+frames until its close frame comes. Otherwise aiohttp closes the socket at once, and a socket
+closed with unread data in it is reset by the kernel: what was just sent (an error event, the
+close frame) is lost.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -59,6 +66,10 @@ class Connection:
         self.remote_address = tuple(peer[:2]) if peer else None
         self._request = request
         self._closed: Closed | None = None
+        self._reader: asyncio.Task[Any] | None = None  # the task waiting in ``recv`` now
+        self._no_reader = asyncio.Event()
+        self._no_reader.set()
+        self._interrupted = False  # ``close`` cancelled the reader's wait
         self._pong = asyncio.Event()
         self._keepalive = asyncio.create_task(self._ping(keepalive)) if keepalive.ping_interval > 0 else None
 
@@ -70,7 +81,9 @@ class Connection:
     async def recv(self) -> str | bytes:
         """The next data frame; raises ``Closed`` once the connection is closed."""
         while self._closed is None:
-            message = await self.ws.receive()
+            message = await self._receive()
+            if message is None:
+                break
             kind = message.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                 data: str | bytes = message.data
@@ -85,7 +98,23 @@ class Connection:
             else:  # CLOSING, CLOSED, ERROR (a frame over the size limit: 1009)
                 self._gone()
         self.stop_keepalive()
-        raise self._closed
+        raise self._gone()
+
+    async def _receive(self) -> WSMessage | None:
+        """One message from aiohttp; None when ``close`` interrupted the wait for it."""
+        reader = asyncio.current_task()
+        self._reader = reader
+        self._no_reader.clear()
+        try:
+            return await self.ws.receive()
+        except asyncio.CancelledError:
+            # Our own cancel (and nobody else's) is not a cancellation of the reading task.
+            if self._interrupted and reader is not None and reader.uncancel() == 0:
+                return None
+            raise
+        finally:
+            self._reader = None
+            self._no_reader.set()
 
     def __aiter__(self) -> AsyncIterator[str | bytes]:
         return self._frames()
@@ -115,6 +144,11 @@ class Connection:
         self.stop_keepalive()
         if self._closed is None:
             self._closed = closed(code, reason)
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            self._interrupted = True
+            reader.cancel()
+            await self._no_reader.wait()
         with contextlib.suppress(ConnectionResetError):
             await self.ws.close(code=code, message=reason.encode()[:123])
 

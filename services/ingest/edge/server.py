@@ -194,14 +194,10 @@ class Ingest:
 
     async def refuse(self, ws: Connection, error: ProtocolError, adapter: Adapter | None) -> None:
         """Tell the client why, in its protocol (``adapter``; none for a telephony platform, which
-        reads nothing), then close with the error's close code and reason.
-
-        Frames the client keeps sending are read and discarded meanwhile: unread, they
-        would hold its close frame back and stall the closing handshake.
-        """
+        reads nothing), then close with the error's close code and reason (the closing handshake
+        reads and drops the frames the client still sends)."""
         self.metrics.sessions_refused.labels(error.code).inc()
         self.metrics.errors.labels(error.code).inc()
-        discard = asyncio.create_task(discard_incoming(ws))
         try:
             for message in adapter.refusal(error) if adapter else []:
                 with contextlib.suppress(TimeoutError):
@@ -209,8 +205,6 @@ class Ingest:
             await ws.close(error.close_code, error.message[:120])
         except Closed:
             pass
-        finally:
-            discard.cancel()
 
     async def handle(self, ws: Connection) -> None:
         session_id = uuid.uuid4().hex[:16]
@@ -322,12 +316,6 @@ async def read_start(ws: Connection, platform: telephony.Platform) -> telephony.
             return parsed
         if not isinstance(parsed, telephony.Connected):
             raise ProtocolError("bad_message", f"{type(parsed).__name__.lower()} before start")
-
-
-async def discard_incoming(ws: Connection) -> None:
-    with contextlib.suppress(Closed):
-        async for _ in ws:
-            pass
 
 
 async def drain(runner: web.AppRunner, ingest: Ingest, grace: float) -> None:
