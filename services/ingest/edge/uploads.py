@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 import uuid
@@ -24,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -393,11 +393,10 @@ def openai_error(exc: Exception) -> openai_files.OpenAIError:
     return openai_files.OpenAIError(exc.message, status, None, exc.code)
 
 
-def retry_after(error: Exception) -> dict[str, str] | None:
-    status = getattr(error, "status", None)
-    return {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+def retry_after(error: FileError) -> dict[str, str] | None:
+    """A refusal that may pass (too many files, no transcriber) says when to try again."""
+    return {"Retry-After": str(RETRY_AFTER_S)} if error.status in (429, 503) else None
 
 
 def remove(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    Path(path).unlink(missing_ok=True)

@@ -171,11 +171,22 @@ def _dump(message: dict[str, Any]) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
 
-def _word(word: dict[str, Any]) -> dict[str, Any]:
+def word_json(word: dict[str, Any]) -> dict[str, Any]:
+    """One of our words as Deepgram writes it: bare ``word``, ``punctuated_word`` as heard."""
     shown = str(word["word"]).strip()
     bare = re.sub(r"[^\w'-]+", "", shown).lower() or shown.lower()
     times = {"start": round(word["start"], 3), "end": round(word["end"], 3)}
     return {"word": bare, **times, "confidence": round(word["confidence"], 4), "punctuated_word": shown}
+
+
+def model_uuid(pool: str) -> str:
+    """The pool's ``model_uuid``: stable, one per pool, on every route."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pool:{pool}"))
+
+
+def model_info(pool: str) -> dict[str, str]:
+    """What really ran: the pool, the model it serves (when it is one of ours), Whisper."""
+    return {"name": pool, "version": ALIASES.get(pool, pool), "arch": ARCH}
 
 
 class Deepgram:
@@ -200,7 +211,7 @@ class Deepgram:
 
     @property
     def model_uuid(self) -> str:
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pool:{self.model}"))
+        return model_uuid(self.model)
 
     def greeting(self, opened: Opened) -> list[Frame]:
         params = opened.params
@@ -298,7 +309,7 @@ class Deepgram:
 
     def _final(self, final: Final) -> list[Frame]:
         """Its ``Results``; an ``UtteranceEnd`` after it when asked for and a pause ended it."""
-        words = [_word(word) for word in final.words]
+        words = [word_json(word) for word in final.words]
         confidence = final.confidence if final.confidence is not None else 0.0
         results = self._results(
             final.text, final.channel, final.start, final.end, confidence, words, final.ended
@@ -337,15 +348,11 @@ class Deepgram:
             },
             "metadata": {
                 "request_id": self.request_id,
-                "model_info": self._model_info(),
+                "model_info": model_info(self.model),
                 "model_uuid": self.model_uuid,
             },
         }
         return _dump(message)
-
-    def _model_info(self) -> dict[str, str]:
-        """What really ran: the pool, the model it serves (when it is one of ours), Whisper."""
-        return {"name": self.model, "version": ALIASES.get(self.model, self.model), "arch": ARCH}
 
     def _metadata(self) -> str:
         rate = self.bytes_per_second
@@ -362,7 +369,7 @@ class Deepgram:
             "duration": round(self.received / rate, 3) if rate else 0.0,
             "channels": self.options.channels,
             "models": [self.model_uuid],
-            "model_info": {self.model_uuid: self._model_info()},
+            "model_info": {self.model_uuid: model_info(self.model)},
             "warnings": warnings,
         }
         return _dump(message)

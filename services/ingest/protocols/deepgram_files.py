@@ -124,20 +124,13 @@ def error_headers(message: str, request_id: str) -> dict[str, str]:
     return {"dg-error": message.encode("ascii", "replace").decode(), "dg-request-id": request_id}
 
 
-def _model(pool: str) -> tuple[str, dict[str, str]]:
-    """The live adapter's model uuid and ``model_info`` for ``pool``: one naming on both routes."""
-    live = deepgram.Deepgram(deepgram.Options(), "")
-    live.model = pool
-    return live.model_uuid, live._model_info()
-
-
 def _confidence(finals: Sequence[Final]) -> float:
     known = [f.confidence for f in finals if f.confidence is not None]
     return round(math.fsum(known) / len(known), 4) if known else 0.0
 
 
 def _words(finals: Sequence[Final]) -> list[dict[str, Any]]:
-    return [deepgram._word(word) for final in finals for word in final.words]
+    return [deepgram.word_json(word) for final in finals for word in final.words]
 
 
 def _paragraphs(finals: Sequence[Final]) -> dict[str, Any]:
@@ -175,7 +168,7 @@ def _utterance(info: FileInfo, final: Final) -> dict[str, Any]:
         "confidence": final.confidence if final.confidence is not None else 0.0,
         "channel": final.channel,
         "transcript": final.text.strip(),
-        "words": [deepgram._word(word) for word in final.words],
+        "words": [deepgram.word_json(word) for word in final.words],
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{info.request_id}:{final.channel}:{final.segment}")),
     }
 
@@ -183,7 +176,7 @@ def _utterance(info: FileInfo, final: Final) -> dict[str, Any]:
 def response(info: FileInfo, options: DeepgramFileOptions, finals: Sequence[Final]) -> dict[str, Any]:
     """Deepgram's pre-recorded response: with ``multichannel``, one result channel per audio
     channel (``info.channels``), each of that channel's finals; without, one of all finals."""
-    model_uuid, model_info = _model(info.model)
+    model_uuid = deepgram.model_uuid(info.model)
     metadata: dict[str, Any] = {
         "transaction_key": "deprecated",
         "request_id": info.request_id,
@@ -192,7 +185,7 @@ def response(info: FileInfo, options: DeepgramFileOptions, finals: Sequence[Fina
         "duration": round(info.duration, 3),
         "channels": info.channels,
         "models": [model_uuid],
-        "model_info": {model_uuid: model_info},
+        "model_info": {model_uuid: deepgram.model_info(info.model)},
         "warnings": [
             {"parameter": name, "type": "ignored", "message": f"{name} is accepted and has no effect here"}
             for name in options.ignored
