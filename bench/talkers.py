@@ -223,6 +223,21 @@ def eager_guesses(port: int) -> dict[str, float]:
     return {o: counter(port, "stt_eager_guesses_total", outcome=o) for o in outcomes}
 
 
+def end_to_final(sessions: list[Session], stream: Stream) -> tuple[list[float], int, list[str]]:
+    """Each utterance's latency, end of speech (its last sample sent) -> its last final; how many
+    utterances were answered; each one's text."""
+    latencies: list[float] = []
+    answered, texts = 0, []
+    for session in sessions:
+        mine, _ = match_finals(session.finals, stream.utterances)
+        for (_, end), got in zip(stream.utterances, mine, strict=True):
+            texts.append(" ".join(r.event["text"] for r in got))
+            if got and session.sent:
+                answered += 1
+                latencies.append(got[-1].at - session.sent_at(end))
+    return latencies, answered, texts
+
+
 def measure(
     args: argparse.Namespace, system: str, speech: Speech, talkers: int, workdir: Path
 ) -> dict[str, Any]:
@@ -239,15 +254,7 @@ def measure(
         cpu = {names[pid]: cpu_seconds(pid) - cpu_before[pid] for pid in pids}
         rss = {names[pid]: round(peak_rss_mib(pid)) for pid in pids}
         eager = eager_guesses(args.metrics_port) if system == "ours" else {}
-    latencies: list[float] = []
-    answered, texts = 0, []
-    for session in sessions:
-        mine, _ = match_finals(session.finals, stream.utterances)
-        for (_, end), got in zip(stream.utterances, mine, strict=True):
-            texts.append(" ".join(r.event["text"] for r in got))
-            if got and session.sent:
-                answered += 1
-                latencies.append(got[-1].at - session.sent_at(end))
+    latencies, answered, texts = end_to_final(sessions, stream)
     utterances = talkers * len(stream.utterances)
     result: dict[str, Any] = {
         "talkers": talkers,

@@ -1,6 +1,8 @@
 """The file lane: segments of uploaded files, queued on a pool's own file stream
 (``keys.file_stream``) with the same fields as live finals, are answered like live finals, but
-a transcriber takes them only when no live segment waits, at most ``--file-batch`` at a time.
+a transcriber takes them only when no live segment waits, at most ``--file-batch`` at a time; a
+finals transcriber only once live segments have stopped for ``--file-idle-s``; the partials
+transcriber one at a time, after its partials.
 
 Real parts: a redis-server and transcriber processes running the real consume loop
 (``services.transcriber.worker``). The model is ``bench.echo_worker``'s stand-in (as in
@@ -146,21 +148,51 @@ def test_a_live_segment_waits_for_at_most_one_file_batch(stack: Stack) -> None:
     assert got.index(live) < len(got) - FILE_BATCH
 
 
-def test_a_partials_transcriber_never_takes_file_segments(stack: Stack) -> None:
-    start(stack, role="partials")
+def test_a_partials_transcriber_takes_file_segments_one_at_a_time_after_its_partials(
+    stack: Stack,
+) -> None:
+    """The partials transcriber (nice +19 in `make run`) is where files go while live traffic
+    keeps the finals transcribers off the file lane: one segment at a time, so a partial queued
+    behind a file's segments waits for at most one of them."""
+    start(stack, role="partials", model_time="0,0.25")
     with redis.Redis.from_url(stack.redis_url) as client, client.pubsub() as pubsub:
         listen(pubsub, "upload")
-        assert not client.exists(FILES)  # it made no group there either
-        client.xgroup_create(FILES, keys.GROUP, id="0", mkstream=True)  # as a finals transcriber does
-        for n in range(3):
-            client.xadd(FILES, job("upload", n))
-        # Its loop has gone round since: the partial queued after the files is answered.
-        client.xadd(keys.partials_stream(POOL), job("upload", 3, partial=True))
-        (answer,) = results(pubsub, 1, timeout=20)
-        assert answer.partial and answer.segment == 3
-        (group,) = client.xinfo_groups(FILES)
-        assert group["lag"] == 3 and group["pending"] == 0 and group["consumers"] == 0
-        assert pubsub.get_message(timeout=0.5) is None
+        queue(client, [job("upload", n) for n in range(6)])
+        first = results(pubsub, 1, timeout=20)
+        client.xadd(keys.partials_stream(POOL), job("upload", 6, partial=True))
+        got = first + results(pubsub, 6, timeout=30)
+        wait_until(lambda: drained(client, FILES), 10, "the file stream to be trimmed")
+    (partial,) = [r for r in got if r.partial]
+    files = [r for r in got if not r.partial]
+    assert sorted(r.segment for r in files) == list(range(6))
+    assert {r.timings["batch"] for r in files} == {1}
+    queued, served = partial.timings["enqueued_at"], partial.timings["model_start"]
+    overtaking = [r for r in files if queued < r.timings["model_start"] < served]
+    assert len(overtaking) <= 1, f"{len(overtaking)} file segments started while the partial waited"
+    assert len([r for r in files if r.timings["model_start"] > served]) >= 3
+
+
+def test_a_finals_transcriber_leaves_files_alone_while_live_segments_come(stack: Stack) -> None:
+    """Live finals one after another, less than --file-idle-s apart, with a file queued: the finals
+    transcriber serves only the live ones, and takes the file once they have stopped for
+    --file-idle-s. With the idle time 0 the file's batches would go between them."""
+    idle_s = 1.5
+    start(stack, "--file-idle-s", str(idle_s), model_time="0,0.1", role="finals")
+    with redis.Redis.from_url(stack.redis_url) as client, client.pubsub() as pubsub:
+        listen(pubsub, "upload", "talker")
+        client.xadd(keys.segment_stream(POOL), job("talker", 0))
+        got = results(pubsub, 1, timeout=20)
+        queue(client, [job("upload", n) for n in range(4)])
+        for n in range(1, 6):
+            time.sleep(0.5)
+            client.xadd(keys.segment_stream(POOL), job("talker", n))
+        got += results(pubsub, 9, timeout=30)
+    live = [r for r in got if r.session == "talker"]
+    files = [r for r in got if r.session == "upload"]
+    assert sorted(r.segment for r in live) == list(range(6)) and len(files) == 4
+    last_live = max(r.timings["model_end"] for r in live)
+    first_file = min(r.timings["model_start"] for r in files)
+    assert first_file > last_live + idle_s - 0.2, (first_file - last_live, got)
 
 
 def test_file_segments_a_dead_consumer_left_pending_are_reclaimed(stack: Stack) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import redis
 
@@ -38,6 +39,22 @@ def load_model(config: TranscriberConfig) -> SpeechModel:
     return WhisperModel.load(config.model_id, config.device, dtype, config.decoding)
 
 
+def in_background(nice: int) -> None:
+    """Run at ``nice``. Where the kernel groups processes by session (autogroup, ``man 7 sched``;
+    on by default in most Linux kernels, this one's too), nice ranks a process only against
+    those of its own session; a transcriber in a session of its own, as ``services.stack``
+    starts each, would still get a full share against the finals transcribers. So the
+    session's group is niced too, but only when this process leads its session: otherwise the
+    group holds others (the shell it was started from)."""
+    os.nice(nice)
+    autogroup = Path("/proc/self/autogroup")
+    if os.getsid(0) == os.getpid() and autogroup.exists():
+        try:
+            autogroup.write_text(str(nice))
+        except OSError as exc:
+            log.warning("could not lower this session's CPU priority (%s): nice %d only", exc, nice)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_args(argv)
@@ -46,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     if config.role == "partials":
-        os.nice(PARTIALS_NICE)  # before the model's threads start: they inherit it
+        in_background(PARTIALS_NICE)  # before the model's threads start: they inherit it
     try:
         model = load_model(config)
     except ModelLoadError as exc:

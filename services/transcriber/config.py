@@ -24,6 +24,13 @@ DEFAULT_BATCH_WAIT_MS = 10
 # gain. On a GPU, where a batch of 8-16 costs little more than one segment, raise it (say to
 # --max-batch).
 DEFAULT_FILE_BATCH = 4
+# A finals transcriber that has read a live segment this recently leaves the file lane to the
+# partials transcriber (nice +19), whose file work takes only the CPU live work leaves: then a
+# live segment waits for no file batch at all. bench.files, 8 talkers beside a 10-minute file on
+# the 2-core CPU: their p95 rose 119 % while the finals transcribers took file batches between
+# live segments. 2 s is longer than the gap between two talkers' segments under load and shorter
+# than the pauses in which a quiet pool has time for files.
+DEFAULT_FILE_IDLE_S = 2.0
 ROLES = ("all", "finals", "partials")
 # A partials-only transcriber's niceness: when it shares the CPU with a finals transcriber,
 # Linux gives it about 1/70 of the other's share (CFS weights 15 vs 1024) while both are busy.
@@ -34,6 +41,13 @@ def non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
         raise ValueError(f"{raw} is < 0")
+    return value
+
+
+def non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError(f"{raw} is not >= 0")
     return value
 
 
@@ -55,6 +69,7 @@ class TranscriberConfig:
     max_batch: int
     batch_wait_ms: int
     file_batch: int  # most segments of uploaded files transcribed in one batch
+    file_idle_s: float  # a finals transcriber takes files only this long after its last live read
     claim_idle_ms: int
     max_attempts: int
     threads: int
@@ -145,7 +160,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         "which requests to serve: all (finals first, partials when no final waits, segments of "
         "uploaded files when no live one waits), finals (finals, then files), or "
         f"partials (at OS priority nice +{PARTIALS_NICE}, so that it never slows a finals transcriber "
-        "on the same CPU)",
+        "on the same CPU; partials, then files one segment at a time)",
         choices=list(ROLES),
     )
     parser.env_flag(
@@ -201,6 +216,15 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         "most segments of uploaded files per batch; files are served only when no live segment "
         "waits, so a live segment waits at most one such batch",
         type=positive(int),
+    )
+    parser.env_flag(
+        "--file-idle-s",
+        "FILE_IDLE_S",
+        DEFAULT_FILE_IDLE_S,
+        "a finals (or all) transcriber takes segments of uploaded files only when it has read no "
+        "live segment for this long; meanwhile the partials transcriber takes them in the CPU "
+        "time live work leaves (0: whenever no live segment waits)",
+        type=non_negative_float,
     )
     parser.env_flag(
         "--claim-idle-ms",

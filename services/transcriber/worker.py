@@ -3,7 +3,11 @@
 A pool has three streams, each read through the one consumer group, in two lanes: the live
 lane, finals (``stt:segments:<pool>``) and partial requests (``stt:partials:<pool>``), and the
 file lane, the segments of uploaded files (``stt:files:<pool>``), so that a file never holds back
-live audio. Role ``all`` reads all three, ``finals`` finals and files, ``partials`` partials only.
+live audio. Role ``all`` reads all three, ``finals`` finals and files, ``partials`` partials and
+files, one file segment at a time (it runs at nice +19: its file work takes only the CPU that
+live work leaves, and a partial waits for at most one file segment). A finals (or ``all``)
+transcriber takes files only once it has read no live entry for ``file_idle_s``: under steady
+live traffic the files go to the partials transcriber, and in a quiet pool to every transcriber.
 
 Each round serves the first of these that has work:
 
@@ -11,13 +15,14 @@ Each round serves the first of these that has work:
    (XAUTOCLAIM), up to ``max_batch``;
 2. new live entries, read without waiting: finals up to ``max_batch`` (see ``_read_batch``),
    then the newest partial of each session;
-3. only when that read found nothing, file entries: reclaimed as in 1, else new ones, up to
-   ``file_batch``;
-4. with nothing anywhere, one read over every served stream that waits up to BLOCK_MS; what it
-   brings is served live first, then files.
+3. only when that read found nothing (and, for a finals transcriber, no live entry came for
+   ``file_idle_s``), file entries: reclaimed as in 1, else new ones, up to ``file_batch``;
+4. with nothing anywhere, one read over every served stream (the file lane as in 3) that waits
+   up to BLOCK_MS; what it brings is served live first, then files.
 
 A file is so transcribed batch after batch without a wait, and between two of its batches the
-loop looks at the live streams again: a live segment waits for at most one file batch.
+loop looks at the live streams again: a live segment waits for at most one file batch, and for
+none once live traffic has kept the finals transcribers off the file lane.
 
 Entries of sessions whose client is gone are skipped; the rest are transcribed in one batch off
 the event loop. A result is published on its session's channel and only then is the entry
@@ -117,12 +122,26 @@ class Worker:
         # The live streams each round reads, by role, finals first; and the file lane, if served.
         served = [stream for stream in (self.stream, self.partials) if self._serves(stream)]
         self.reads: dict[Any, Any] = dict.fromkeys(served, ">")
-        self.file_reads: dict[Any, Any] = {self.files: ">"} if self._serves(self.files) else {}
+        self.file_reads: dict[Any, Any] = {self.files: ">"}
+        background = config.role == "partials"
+        self.file_batch = 1 if background else config.file_batch
+        # When a finals transcriber last read a live entry (monotonic); the partials one, in the
+        # background, takes files whenever no partial waits.
+        self.file_idle_s = 0.0 if background else config.file_idle_s
+        self.last_live = -math.inf
         self.ack_and_trim = client.register_script(ACK_AND_TRIM)
 
     def _serves(self, stream: str) -> bool:
-        """Role ``partials`` serves the partials stream alone; the others finals and files too."""
-        return self.config.role == "all" or (self.config.role == "partials") == (stream == self.partials)
+        """Role ``finals`` serves finals and files, ``partials`` partials and files, ``all`` all."""
+        return (
+            self.config.role == "all"
+            or stream == self.files
+            or (self.config.role == "partials") == (stream == self.partials)
+        )
+
+    def _files_now(self) -> dict[Any, Any]:
+        """The file lane to read this round: none while live traffic came too recently."""
+        return self.file_reads if time.monotonic() - self.last_live >= self.file_idle_s else {}
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_groups()
@@ -173,12 +192,11 @@ class Worker:
                     lag = math.nan if group["lag"] is None else group["lag"]
                     self.metrics.stream_pending.labels(self.config.name).set(group["pending"])
                     self.metrics.stream_lag.labels(self.config.name).set(lag)
-                if self.file_reads:
-                    length = await self.redis.xlen(self.files)
-                    self.metrics.file_stream_length.labels(self.config.name).set(length)
-                    group = keys.our_group(await self.redis.xinfo_groups(self.files))
-                    if group is not None:
-                        self.metrics.file_stream_pending.labels(self.config.name).set(group["pending"])
+                length = await self.redis.xlen(self.files)
+                self.metrics.file_stream_length.labels(self.config.name).set(length)
+                group = keys.our_group(await self.redis.xinfo_groups(self.files))
+                if group is not None:
+                    self.metrics.file_stream_pending.labels(self.config.name).set(group["pending"])
             if self.config.device == "cuda" and self.config.backend == "transformers":
                 import torch  # loaded already by the transformers backend
 
@@ -192,12 +210,15 @@ class Worker:
         finals, partials = await self._read_batch()
         files: list[RawEntry] = []
         if not finals and not partials:
-            if self.file_reads:
-                if await self._reclaim(self.files, self.config.file_batch):
+            file_reads = self._files_now()
+            if file_reads:
+                if await self._reclaim(self.files, self.file_batch):
                     return
-                files = (await self._read(self.file_reads, self.config.file_batch, None)).get(self.files, [])
+                files = (await self._read(file_reads, self.file_batch, None)).get(self.files, [])
             if not files:
-                finals, partials, files = await self._wait_for_any()
+                finals, partials, files = await self._wait_for_any(file_reads)
+        if finals or partials:
+            self.last_live = time.monotonic()
         if finals:
             await self._process(self.stream, finals)
         if partials:
@@ -238,14 +259,17 @@ class Worker:
         read = await self._read(self.reads, self.config.max_batch, None)
         return await self._fill(read.get(self.stream, [])), read.get(self.partials, [])
 
-    async def _wait_for_any(self) -> tuple[list[RawEntry], list[RawEntry], list[RawEntry]]:
+    async def _wait_for_any(
+        self, file_reads: dict[Any, Any]
+    ) -> tuple[list[RawEntry], list[RawEntry], list[RawEntry]]:
         """(final, partial, file) entries: nothing waits anywhere, so one read of every served
-        stream waits up to BLOCK_MS for the first. Its COUNT holds for each stream, so with the
-        file lane among them it is ``file_batch`` (a final's batch is then filled by ``_fill``)."""
+        stream (the file lane if ``file_reads`` has it) waits up to BLOCK_MS for the first. Its
+        COUNT holds for each stream, so with the file lane among them it is the file batch (a
+        final's batch is then filled by ``_fill``)."""
         count = self.config.max_batch
-        if self.file_reads:
-            count = min(count, self.config.file_batch)
-        read = await self._read({**self.reads, **self.file_reads}, count, BLOCK_MS)
+        if file_reads:
+            count = min(count, self.file_batch)
+        read = await self._read({**self.reads, **file_reads}, count, BLOCK_MS)
         finals = await self._fill(read.get(self.stream, []))
         return finals, read.get(self.partials, []), read.get(self.files, [])
 
