@@ -30,10 +30,15 @@ from services.protocol import SAMPLE_RATES
 from services.voice import LevelledVad, SpeechConfirmer, clipped_share, for_model, peak_db
 
 VadFn = Callable[[bytes], bool]
-# Seconds of speech a second detector hears in a stretch of PCM.
-ConfirmFn = Callable[[bytes], float]
+# Seconds of speech a second detector hears in a stretch of PCM, reading no further once it has
+# heard the second argument's worth.
+ConfirmFn = Callable[[bytes, float], float]
 # Speech the second detector must hear in a segment for it to reach the model: two of its windows.
 CONFIRMED_S = 0.064
+# What the second detector reads before a segment's first voiced frame: its state needs the onset
+# (from the first voiced frame itself, one quiet real clip in 30 was not confirmed; from 60 ms
+# before it, none), and the rest of the pre-roll is silence that only delays its answer.
+CONFIRM_LEAD_MS = 150
 # Why a segment closed: its pause, its length limit, end of audio, or the client asked (finalize).
 Reason = Literal["silence", "max_length", "eof", "finalize"]
 # A segment ends once no more than this share of the trailing silence window is voiced,
@@ -157,6 +162,7 @@ class Segmenter:
         self._max_frames = n(config.max_segment_ms)
         self._search_frames = n(config.cut_search_ms)
         self._min_voiced = n(config.min_speech_ms)
+        self._confirm_lead = n(CONFIRM_LEAD_MS)
         self._eager_frames = max(n(config.eager_ms), self._post_frames) if config.eager_ms else 0
         self._pending = bytearray()
         self._count = 0  # frames seen so far
@@ -350,7 +356,7 @@ class Segmenter:
             return Dropped(start, end, self._seconds(voiced), "too_short", level)
         if spectral_flatness(b"".join(f for f, v in frames if v), self.rate) > self.config.max_flatness:
             return Dropped(start, end, self._seconds(voiced), "noise", level)
-        if self._confirm is not None and self._speech_heard((first, len(frames)), pcm) < CONFIRMED_S:
+        if self._confirm is not None and self._speech_heard(frames, voiced_flags.index(True)) < CONFIRMED_S:
             return Dropped(start, end, self._seconds(voiced), "no_speech", level)
         return Segment(
             pcm=for_model(pcm) if self.config.level_gain else pcm,
@@ -363,10 +369,13 @@ class Segmenter:
             clipped=clipped_share(samples),
         )
 
-    def _speech_heard(self, frames: tuple[int, int], pcm: bytes) -> float:
-        """The second detector's answer for these frames (asked once: an eager guess and the
-        segment that confirms it are the same frames)."""
+    def _speech_heard(self, frames: list[tuple[bytes, bool]], first_voiced: int) -> float:
+        """The second detector's answer for these frames from ``CONFIRM_LEAD_MS`` before the first
+        voiced one, asked once: an eager guess and the segment that confirms it are the same
+        frames."""
         assert self._confirm is not None
-        if self._confirmed is None or self._confirmed[0] != frames:
-            self._confirmed = (frames, self._confirm(pcm))
+        key = (self._speech_first, len(frames))
+        if self._confirmed is None or self._confirmed[0] != key:
+            pcm = b"".join(f for f, _ in frames[max(first_voiced - self._confirm_lead, 0) :])
+            self._confirmed = (key, self._confirm(pcm, CONFIRMED_S))
         return self._confirmed[1]

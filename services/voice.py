@@ -12,7 +12,8 @@ quiet speech at a normal level (``for_model``):
   onnxruntime on one thread) over each candidate segment, lifted to the same peak. Noise that the
   lifted WebRTC VAD takes for speech (mains hum, pink noise) has no speech for Silero; such a
   segment is dropped as ``no_speech`` and never reaches the model. It runs per candidate
-  segment, not per frame: about 0.14 ms per 32 ms of candidate audio (bench/vad.py).
+  segment, not per frame, and only until it has heard enough: about 0.14 ms per 32 ms window
+  (bench/vad.py).
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def _silero() -> onnxruntime.InferenceSession:
 
 class SpeechConfirmer:
     """Seconds of speech Silero hears in a stretch of 16-bit PCM at ``rate`` (8 or 16 kHz
-    natively; 32/48 kHz are decimated to 16 kHz first, as Silero's own wrapper does)."""
+    natively; 32/48 kHz are decimated to 16 kHz first, as Silero's own wrapper does), reading no
+    further once it has heard ``enough``: real speech is confirmed within its first windows, so
+    only what is not speech is read to its end."""
 
     def __init__(self, rate: int) -> None:
         self._session = _silero()
@@ -114,15 +117,19 @@ class SpeechConfirmer:
         self._window = 512 if rate // self._step == 16000 else 256
         self._context = self._window // 8
 
-    def __call__(self, pcm: bytes) -> float:
+    def __call__(self, pcm: bytes, enough: float = math.inf) -> float:
         samples = np.frombuffer(pcm, "<i2")[:: self._step]
         lifted = lift(samples, gain_for(peak_db(samples))).astype(np.float32) / 32768
         state = np.zeros((2, 1, 128), np.float32)
         context = np.zeros((1, self._context), np.float32)
-        windows = 0
+        window_s = self._window / int(self._rate)
+        heard = 0.0
         for start in range(0, len(lifted) - self._window + 1, self._window):
             window = np.concatenate([context, lifted[None, start : start + self._window]], axis=1)
             prob, state = self._session.run(None, {"input": window, "state": state, "sr": self._rate})
-            windows += float(prob[0, 0]) > SPEECH_PROB
+            if float(prob[0, 0]) > SPEECH_PROB:
+                heard += window_s
+                if heard >= enough:
+                    break
             context = window[:, -self._context :]
-        return windows * self._window / int(self._rate)
+        return heard

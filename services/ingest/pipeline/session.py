@@ -51,6 +51,7 @@ PARTIALS_MAXLEN = 200
 CALL_LIVE_EVERY_S = 2.0
 CALL_LIVE_TTL_MS = 10_000
 POOL_POLL_S = 1.0  # how often a session of a pool at zero looks for its first transcriber
+IDLE_SLACK_S = 0.25  # how stale the idle deadline may get before it is moved (below)
 
 
 class ClientGone(Exception):
@@ -227,7 +228,11 @@ class SocketRunner(Runner):
         core = self.core
         loop = asyncio.get_running_loop()
         while True:
-            idle.reschedule(loop.time() + self.idle_timeout)
+            # Moved only when it is IDLE_SLACK_S stale: a reschedule per 20 ms frame was a tenth
+            # of the ingest's loop (py-spy); the session ends idle_timeout to +IDLE_SLACK_S late.
+            now = loop.time()
+            if (idle.when() or 0.0) < now + self.idle_timeout:
+                idle.reschedule(now + self.idle_timeout + IDLE_SLACK_S)
             try:
                 message = await self.ws.recv()
             except Closed as closed:
