@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -241,6 +243,19 @@ def match_finals(
         else:
             mine[best].append(final)
     return mine, unmatched
+
+
+def side_venv(venv: Path, packages: Sequence[str]) -> Path:
+    """The python of a virtual environment of its own at ``venv`` with ``packages`` (made once,
+    again when the list changes): for peers whose pins clash with ours."""
+    python = venv / "bin" / "python"
+    ready, wanted = venv / ".ready", "\n".join(packages)
+    if not ready.is_file() or ready.read_text() != wanted:
+        if not python.is_file():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+        ready.write_text(wanted)
+    return python
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ import numpy as np
 import openai
 import soundfile as sf
 
-from bench.common import Session, write_report
+from bench.common import Session, side_venv, write_report
 from bench.fidelity import load_evalset
 from bench.measure import cpu_seconds, spread
 from bench.talkers import SENTENCES, descendants, end_to_final, ours, talk
@@ -89,21 +89,10 @@ def long_file(evalset: Path, minutes: float, path: Path) -> tuple[str, float, in
     return " ".join(texts), length / RATE, len(texts)
 
 
-def fw_python() -> Path:
-    """faster-whisper in its own virtual environment (made once, under .cache/)."""
-    python = FW_VENV / "bin" / "python"
-    ready, wanted = FW_VENV / ".ready", "\n".join(FW_PACKAGES)
-    if not ready.is_file() or ready.read_text() != wanted:
-        if not python.is_file():
-            subprocess.run([sys.executable, "-m", "venv", str(FW_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *FW_PACKAGES], check=True)
-        ready.write_text(wanted)
-    return python
-
-
 def faster_whisper(wav: Path, threads: int, batch: int) -> dict[str, Any]:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
-    cmd = [str(fw_python()), "-c", FW_SCRIPT, str(CT2_DIR), str(wav), str(threads), str(batch)]
+    python = side_venv(FW_VENV, FW_PACKAGES)
+    cmd = [str(python), "-c", FW_SCRIPT, str(CT2_DIR), str(wav), str(threads), str(batch)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
