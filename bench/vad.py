@@ -60,7 +60,7 @@ def costs() -> dict[str, float]:
     windows = len(speech) // (512 * 2)
 
     def feed(config: SegmenterConfig) -> Callable[[], object]:
-        return lambda: Segmenter(RATE, config, confirm=lambda *_: 1.0).feed(speech)
+        return lambda: Segmenter(RATE, config).feed(speech)
 
     return {
         "webrtc_ms_per_frame": 1000 * best_of(5, feed(DETECTORS["webrtc"])) / frames,

@@ -27,18 +27,19 @@ import webrtcvad
 
 from services.audio import spectral_flatness
 from services.protocol import SAMPLE_RATES
-from services.voice import LevelledVad, SpeechConfirmer, clipped_share, for_model, peak_db
+from services.voice import LevelledVad, SpeechConfirmer, SpeechScan, clipped_share, for_model, peak_db
 
 VadFn = Callable[[bytes], bool]
-# Seconds of speech a second detector hears in a stretch of PCM, reading no further once it has
-# heard the second argument's worth.
-ConfirmFn = Callable[[bytes, float], float]
 # Speech the second detector must hear in a segment for it to reach the model: two of its windows.
 CONFIRMED_S = 0.064
 # What the second detector reads before a segment's first voiced frame: its state needs the onset
 # (from the first voiced frame itself, one quiet real clip in 30 was not confirmed; from 60 ms
 # before it, none), and the rest of the pre-roll is silence that only delays its answer.
 CONFIRM_LEAD_MS = 150
+# Frames of the open segment the second detector reads per frame fed: it keeps up as the segment
+# grows, so a close reads only what it had not caught up on (after a length cut, the rest it
+# carries over), never a whole long segment at once on the caller's thread.
+SCAN_FRAMES_PER_STEP = 4
 # Why a segment closed: its pause, its length limit, end of audio, or the client asked (finalize).
 Reason = Literal["silence", "max_length", "eof", "finalize"]
 # A segment ends once no more than this share of the trailing silence window is voiced,
@@ -135,26 +136,26 @@ Event = Segment | Dropped | Tentative
 
 
 class Segmenter:
-    def __init__(
-        self, rate: int, config: SegmenterConfig, vad: VadFn | None = None, confirm: ConfirmFn | None = None
-    ) -> None:
-        """``vad`` and ``confirm`` replace the detectors (tests give deterministic ones); by
-        default WebRTC VAD (lifted to a normal level) and Silero, as ``config`` turns them on."""
+    def __init__(self, rate: int, config: SegmenterConfig, vad: VadFn | None = None) -> None:
+        """``vad`` replaces the detectors (tests give deterministic ones); by default WebRTC VAD
+        (lifted to a normal level) and Silero, as ``config`` turns them on."""
         if rate not in SAMPLE_RATES:
             raise ValueError(f"unsupported sample rate {rate}")
         config.check()
         self.rate = rate
         self.config = config
         self._frame_bytes = rate * config.frame_ms // 1000 * 2
+        confirm_by_default = vad is None
         if vad is None:
             vad = webrtc_vad(rate, config.vad_mode)
             if config.level_gain:
                 vad = LevelledVad(vad, config.frame_ms)
-            if config.confirm_speech and confirm is None:
-                confirm = SpeechConfirmer(rate)
         self._vad = vad
-        self._confirm = confirm
-        self._confirmed: tuple[tuple[int, int], float] | None = None  # the last answer, by frames
+        self._confirmer = SpeechConfirmer(rate) if config.confirm_speech and confirm_by_default else None
+        # The second detector's scan of the open segment: from its frame ``_scan_from`` (the lead
+        # before its first voiced frame), fed up to (not including) frame ``_scanned``.
+        self._scan: SpeechScan | None = None
+        self._scan_from = self._scanned = 0
         n = self._frames
         self._start_frames = n(config.start_ms)
         self._pre_frames = n(config.pre_roll_ms)
@@ -273,6 +274,7 @@ class Segmenter:
         self._history.clear()
         self._start_window.clear()
         self._trail.clear()
+        self._start_scan()
 
     def _in_speech(self, frame: bytes, voiced: bool) -> list[Event]:
         """The segment closes once no more than ``END_VOICED_SHARE`` of the pause window is
@@ -281,6 +283,9 @@ class Segmenter:
         assert speech is not None
         speech.append((frame, voiced))
         self._trail.append(voiced)
+        if self._scan is None and voiced:
+            self._start_scan()
+        self._scan_up_to(min(len(speech), self._scanned + SCAN_FRAMES_PER_STEP))
         if len(self._trail) == self._trail.maxlen and sum(self._trail) <= END_VOICED_SHARE * len(self._trail):
             # None voiced when a length cut fell inside the pause: what is left closes as a drop.
             last_voiced = max((i for i, (_, v) in enumerate(speech) if v), default=-1)
@@ -332,10 +337,12 @@ class Segmenter:
         assert self._speech is not None
         frames, rest = self._speech[:keep], self._speech[keep:]
         event = self._event(frames, reason)
+        self._scan = None
         if reason == "max_length":
             # The speaker goes on: the rest opens the next segment.
             self._speech, self._speech_first = rest, self._speech_first + keep
             self._trail.clear()
+            self._start_scan()
         else:
             self._speech = None
             self._history.extend(rest)
@@ -356,7 +363,7 @@ class Segmenter:
             return Dropped(start, end, self._seconds(voiced), "too_short", level)
         if spectral_flatness(b"".join(f for f, v in frames if v), self.rate) > self.config.max_flatness:
             return Dropped(start, end, self._seconds(voiced), "noise", level)
-        if self._confirm is not None and self._speech_heard(frames, voiced_flags.index(True)) < CONFIRMED_S:
+        if not self._speech_heard(len(frames)):
             return Dropped(start, end, self._seconds(voiced), "no_speech", level)
         return Segment(
             pcm=for_model(pcm) if self.config.level_gain else pcm,
@@ -369,13 +376,31 @@ class Segmenter:
             clipped=clipped_share(samples),
         )
 
-    def _speech_heard(self, frames: list[tuple[bytes, bool]], first_voiced: int) -> float:
-        """The second detector's answer for these frames from ``CONFIRM_LEAD_MS`` before the first
-        voiced one, asked once: an eager guess and the segment that confirms it are the same
-        frames."""
-        assert self._confirm is not None
-        key = (self._speech_first, len(frames))
-        if self._confirmed is None or self._confirmed[0] != key:
-            pcm = b"".join(f for f, _ in frames[max(first_voiced - self._confirm_lead, 0) :])
-            self._confirmed = (key, self._confirm(pcm, CONFIRMED_S))
-        return self._confirmed[1]
+    def _start_scan(self) -> None:
+        """Begin the second detector's scan of the open segment at ``CONFIRM_LEAD_MS`` before its
+        first voiced frame, if it has one yet."""
+        assert self._speech is not None
+        first_voiced = next((i for i, (_, v) in enumerate(self._speech) if v), None)
+        if self._confirmer is None or first_voiced is None:
+            return
+        self._scan = self._confirmer.scan(CONFIRMED_S)
+        self._scan_from = self._scanned = max(first_voiced - self._confirm_lead, 0)
+
+    def _scan_up_to(self, end: int) -> None:
+        """Feed the scan the open segment's frames before ``end`` that it has not read."""
+        if self._scan is None or end <= self._scanned:
+            return
+        assert self._speech is not None
+        self._scan.feed(b"".join(f for f, _ in self._speech[self._scanned : end]))
+        self._scanned = end
+
+    def _speech_heard(self, frames: int) -> bool:
+        """Whether the second detector heard ``CONFIRMED_S`` of speech in the open segment's
+        first ``frames`` frames (every event is such a prefix); True when it is off."""
+        if self._confirmer is None:
+            return True
+        if self._scan is None:  # not started: no voiced frame (the caller drops such a segment)
+            return False
+        self._scan_up_to(frames)
+        at = self._scan.confirmed_at
+        return at is not None and at <= (frames - self._scan_from) * self._frame_bytes

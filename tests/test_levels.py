@@ -20,7 +20,8 @@ import pytest
 import soundfile as sf
 from numpy.typing import NDArray
 
-from services.segmenter import CONFIRMED_S, Dropped, Segment, Segmenter, SegmenterConfig
+from services import voice
+from services.segmenter import CONFIRMED_S, SCAN_FRAMES_PER_STEP, Dropped, Segment, Segmenter, SegmenterConfig
 from services.stack import POOL, Stack, counter, free_port, start_ingest
 from services.voice import LevelledVad, SpeechConfirmer, clipped_share, peak_db
 from tests.helpers import finals, run_client
@@ -90,6 +91,32 @@ def test_the_second_detector_reads_only_until_it_has_heard_enough() -> None:
     window_s = 512 / RATE
     assert CONFIRMED_S <= confirm(speech, CONFIRMED_S) < CONFIRMED_S + window_s
     assert confirm(pcm16(NOISES["hum50"] * 0.1), CONFIRMED_S) == 0.0  # noise is read to its end
+
+
+def test_a_long_stretch_of_noise_is_read_as_it_comes_not_at_its_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Silero ran at a segment's close over all of it: a 23 s segment of mains hum, which lifted
+    WebRTC VAD takes for speech, held the ingest's event loop some 200 ms for every session. Now
+    it reads the segment as it grows, a few windows per frame, so no feed reads much at once."""
+    session = voice._silero()
+    reads: list[int] = []
+
+    class Counted:
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            reads[-1] += 1
+            return session.run(*args, **kwargs)
+
+    monkeypatch.setattr(voice, "_silero", Counted)
+    seg = Segmenter(RATE, SegmenterConfig())
+    pcm = (pcm16(NOISES["hum50"] * 10 ** (-30 / 20)) * 6)[: 30 * RATE * 2]
+    events = []
+    for at in range(0, len(pcm), RATE * 2 // 50):  # 20 ms at a time, as clients send
+        reads.append(0)
+        events += seg.feed(pcm[at : at + RATE * 2 // 50])
+    assert [e.reason for e in events if isinstance(e, Dropped)][:1] == ["no_speech"]
+    assert sum(reads) > 500  # the detector did read the noise through
+    assert max(reads) <= 2 * SCAN_FRAMES_PER_STEP
 
 
 # --- through the stack ----------------------------------------------------------------------------

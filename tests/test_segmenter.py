@@ -166,7 +166,7 @@ def test_a_length_cut_inside_a_pause_leaves_nothing_voiced_and_ends_cleanly() ->
     """Speech up to just before the length limit, then a pause: the cut lands in the pause, and
     what is left of the segment has no voiced frame. Its end is a drop, not a crash."""
     calls = iter(range(10**6))
-    seg = Segmenter(16000, SegmenterConfig(), vad=lambda _: next(calls) < 923, confirm=lambda *_: 1.0)
+    seg = Segmenter(16000, SegmenterConfig(), vad=lambda _: next(calls) < 923)
     events = seg.feed(tone_pcm(1123 * 0.03, 16000)) + seg.flush()  # the VAD above decides
     segments = [e for e in events if isinstance(e, Segment)]
     assert len(segments) == 1 and segments[0].end <= 28.0
