@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.pipecat [--out bench/results/pipecat.json]
 
 Pipecat (``pipecat-ai[deepgram]``, pinned below) lives in its own virtual environment under
-.cache/, made on first use (a few minutes): its install would move packages that
-``requirements.txt`` pins (soundfile, protobuf), so it is not part of ``make test``. In a child
+.cache/, made on first use (about a minute): its install would move packages that
+``requirements.txt`` pins (soundfile, protobuf). ``tests/test_pipecat.py`` runs the same in
+``make test``. In a child
 process of that environment a Pipecat pipeline of Pipecat's own ``VADProcessor``
 (``SileroVADAnalyzer``), ``DeepgramSTTService(base_url=<our ingest>)`` and a collector is fed
 the six espeak-ng sentences of ``bench.talkers`` (1.2 s of silence between them) as
