@@ -113,3 +113,13 @@ def redis_url_arg(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def auto_or(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that accepts ``auto`` (resolved once the device is known) or ``kind``."""
+
+    def parse(raw: str) -> Any:
+        return raw if raw == "auto" else kind(raw)
+
+    parse.__name__ = f"auto or {kind.__name__}"
+    return parse

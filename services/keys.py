@@ -32,6 +32,13 @@ def file_stream(model: str) -> str:
     return f"{PREFIX}:files:{model}"
 
 
+def live_key(model: str) -> str:
+    """Set, with a TTL of their ``--file-idle-s``, by every transcriber of ``model`` as it reads a
+    live entry (a final or a partial request): while it exists someone in the pool is talking, and
+    the finals transcribers leave the file lane to the background one."""
+    return f"{PREFIX}:live:{model}"
+
+
 def files_running(model: str) -> str:
     """A sorted set of the files being transcribed by ``model``'s pool now (file id -> the time its
     ingest last said it is still running): bounds the files a pool takes at once, across ingests."""

@@ -17,7 +17,13 @@ from transformers import WhisperFeatureExtractor
 
 from services import keys, metrics
 from services.stack import MODEL_DIR, ROOT, Proc, Stack, free_port, port_open, redis_args, wait_until
-from services.transcriber.config import ConfigError, parse_args
+from services.transcriber.config import (
+    CPU_FILE_BATCH,
+    GPU_FILE_BATCH,
+    ConfigError,
+    parse_args,
+    resolve_file_batch,
+)
 from services.transcriber.ct2_model import CTranslate2Model, LogMel, ct2_directory, ct2_max_length
 from services.transcriber.guard import judge
 from services.transcriber.interface import Clips, Decoding, ModelLoadError, Transcript
@@ -98,6 +104,19 @@ def test_backend_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COMPUTE_TYPE")
     with pytest.raises(ConfigError, match="uses --dtype"):
         parse_args(["--device", "cpu", "--backend", "transformers", "--compute-type", "int8"])
+
+
+def test_file_batch_is_chosen_for_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--file-batch auto`` is CPU_FILE_BATCH on a CPU (a live segment then waits for one file
+    segment at most); a number, by flag or environment, is taken as given; 0 is refused. The GPU
+    side (resolve_file_batch with "cuda") is checked without a GPU: none can run here."""
+    assert parse_args(["--device", "cpu"]).file_batch == CPU_FILE_BATCH == 1
+    assert resolve_file_batch("auto", "cuda") == GPU_FILE_BATCH
+    assert parse_args(["--device", "cpu", "--file-batch", "3"]).file_batch == 3
+    monkeypatch.setenv("FILE_BATCH", "6")
+    assert parse_args(["--device", "cpu"]).file_batch == 6
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cpu", "--file-batch", "0"])
 
 
 def test_stack_with_the_ctranslate2_backend(speech: Speech, tmp_path: Path) -> None:

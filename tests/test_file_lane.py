@@ -15,6 +15,7 @@ are queued here directly, as the ingest queues them.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,6 +194,49 @@ def test_a_finals_transcriber_leaves_files_alone_while_live_segments_come(stack:
     last_live = max(r.timings["model_end"] for r in live)
     first_file = min(r.timings["model_start"] for r in files)
     assert first_file > last_live + idle_s - 0.2, (first_file - last_live, got)
+
+
+def test_a_finals_transcriber_leaves_files_alone_while_anyone_in_the_pool_talks(stack: Stack) -> None:
+    """The pause that lets a finals transcriber take files is the whole pool's, not its own: here
+    it reads no live entry at all, but partial requests (someone is talking) keep coming to the
+    pool's partials transcriber, so the files go to that one, one segment at a time, and the finals
+    transcriber (batches of FILE_BATCH) takes them only once the talking has stopped for
+    --file-idle-s. Judged by its own reads alone it would have taken them at once: the 8 live
+    talkers of bench.files then waited behind its file batches (p95 +63 %)."""
+    idle_s = 1.5
+    start(stack, "--file-idle-s", str(idle_s), model_time="0,0.3", role="partials")
+    with redis.Redis.from_url(stack.redis_url) as client, client.pubsub() as pubsub:
+        listen(pubsub, "upload", "talker")
+        talking = threading.Event()
+
+        def talk() -> None:  # a partial request every 0.4 s, as the ingest asks while one talks
+            with redis.Redis.from_url(stack.redis_url) as talker:
+                for n in itertools.count():
+                    talker.xadd(keys.partials_stream(POOL), job("talker", n, partial=True))
+                    talking.set()
+                    if stop_talking.wait(0.4):
+                        return
+
+        stop_talking = threading.Event()
+        talker = threading.Thread(target=talk)
+        talker.start()
+        try:
+            talking.wait(5)
+            time.sleep(0.5)  # the partials transcriber has read one: the pool is live
+            start(stack, "--file-idle-s", str(idle_s), model_time="0,0.3", role="finals")
+            queue(client, [job("upload", n) for n in range(24)])
+            time.sleep(4)
+        finally:
+            stop_talking.set()
+            talker.join()
+        talking_ended = time.time()
+        files: list[SegmentResult] = []
+        while len(files) < 24:
+            files += [r for r in results(pubsub, 1, timeout=60) if r.session == "upload"]
+    assert sorted(r.segment for r in files) == list(range(24))
+    while_talking = [r for r in files if r.timings["model_start"] < talking_ended + idle_s - 0.2]
+    assert while_talking and {r.timings["batch"] for r in while_talking} == {1}, files
+    assert FILE_BATCH in {r.timings["batch"] for r in files}, "the finals transcriber took none after"
 
 
 def test_file_segments_a_dead_consumer_left_pending_are_reclaimed(stack: Stack) -> None:

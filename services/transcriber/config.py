@@ -9,27 +9,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.catalog import served_pool
-from services.config import EnvArgumentParser, add_common_flags, from_args, positive
+from services.config import EnvArgumentParser, add_common_flags, auto_or, from_args, positive
 from services.transcriber.interface import DEFAULT_CONTEXT_S, WINDOW_S, Decoding
 
 DEFAULT_MODEL_ID = "Oriserve/Whisper-Hindi2Hinglish-Swift"
 # See the comment on Worker._read_batch for how this was chosen.
 DEFAULT_BATCH_WAIT_MS = 10
-# Most segments of uploaded files in one batch. Between two file batches the transcriber looks
-# at the live streams again, so a live segment that arrives while a file is transcribed waits for
-# at most one file batch. On the 2-core CPU a batch costs about as much per segment as its
-# segments one by one (Worker._read_batch: 0.8-1.0 s per segment at batch 1, 4 or 8), so a big
-# file batch buys no throughput there and only holds a newly arrived live segment back longer
-# (8 segments: 6-8 s; 4: 3-4 s); 1 would cost a few Redis round trips per segment for little
-# gain. On a GPU, where a batch of 8-16 costs little more than one segment, raise it (say to
-# --max-batch).
-DEFAULT_FILE_BATCH = 4
-# A finals transcriber that has read a live segment this recently leaves the file lane to the
-# partials transcriber (nice +19), whose file work takes only the CPU live work leaves: then a
-# live segment waits for no file batch at all. bench.files, 8 talkers beside a 10-minute file on
-# the 2-core CPU: their p95 rose 119 % while the finals transcribers took file batches between
-# live segments. 2 s is longer than the gap between two talkers' segments under load and shorter
-# than the pauses in which a quiet pool has time for files.
+# Most segments of uploaded files in one batch (--file-batch auto: these). Between two file
+# batches the transcriber looks at the live streams again, so a live segment that arrives while a
+# file is transcribed waits for at most one file batch. On the 2-core CPU a batch costs about as
+# much per segment as its segments one by one (Worker._fill: 0.8-1.0 s per segment at batch 1, 4
+# or 8), so a big file batch buys little throughput there and holds a newly arrived live segment
+# back longer (4 segments: 3-4 s). bench.files, 8 talkers beside a 10-minute file, two runs each
+# (docs/performance.md): their p95 rose 47-88 % at 4 and 24-35 % at 1, the file at 0.73-0.74 of
+# faster-whisper's speed at 1 against 0.74-0.78 at 4. On a GPU, where a batch of 8-16 costs
+# little more than one segment, 4 stays (the earlier default everywhere; not measured on a GPU).
+CPU_FILE_BATCH = 1
+GPU_FILE_BATCH = 4
+# While any transcriber of the pool has read a live entry (a final or a partial request) this
+# recently, the finals transcribers leave the file lane to the partials transcriber (nice +19),
+# whose file work takes only the CPU live work leaves: then a live segment waits for no file batch
+# at all. bench.files, 8 talkers beside a 10-minute file on the 2-core CPU: their p95 rose 119 %
+# while the finals transcribers took file batches between live segments, 63 % while each judged
+# the pause by its own reads alone (docs/performance.md). 2 s is longer than the gap between two
+# talkers' segments under load and shorter than the pauses in which a quiet pool has time for files.
 DEFAULT_FILE_IDLE_S = 2.0
 ROLES = ("all", "finals", "partials")
 # A partials-only transcriber's niceness: when it shares the CPU with a finals transcriber,
@@ -69,7 +72,7 @@ class TranscriberConfig:
     max_batch: int
     batch_wait_ms: int
     file_batch: int  # most segments of uploaded files transcribed in one batch
-    file_idle_s: float  # a finals transcriber takes files only this long after its last live read
+    file_idle_s: float  # a finals transcriber takes files only this long after the pool's last live read
     claim_idle_ms: int
     max_attempts: int
     threads: int
@@ -134,6 +137,13 @@ def context_seconds(raw: str) -> tuple[int, ...]:
     if not windows or windows[-1] != WINDOW_S or windows[0] < 1:
         raise ValueError(f"{raw!r}: windows must be 1..{WINDOW_S} s and include {WINDOW_S}")
     return windows
+
+
+def resolve_file_batch(file_batch: int | str, device: str) -> int:
+    """``--file-batch auto``: the batch for this device (see CPU_FILE_BATCH)."""
+    if file_batch != "auto":
+        return int(file_batch)
+    return GPU_FILE_BATCH if device == "cuda" else CPU_FILE_BATCH
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
@@ -212,18 +222,20 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
     parser.env_flag(
         "--file-batch",
         "FILE_BATCH",
-        DEFAULT_FILE_BATCH,
+        "auto",
         "most segments of uploaded files per batch; files are served only when no live segment "
-        "waits, so a live segment waits at most one such batch",
-        type=positive(int),
+        f"waits, so a live segment waits at most one such batch (auto: {CPU_FILE_BATCH} on a CPU, "
+        f"{GPU_FILE_BATCH} on a GPU)",
+        type=auto_or(positive(int)),
     )
     parser.env_flag(
         "--file-idle-s",
         "FILE_IDLE_S",
         DEFAULT_FILE_IDLE_S,
-        "a finals (or all) transcriber takes segments of uploaded files only when it has read no "
-        "live segment for this long; meanwhile the partials transcriber takes them in the CPU "
-        "time live work leaves (0: whenever no live segment waits)",
+        "a finals (or all) transcriber takes segments of uploaded files only when no transcriber "
+        "of its pool has read a live entry (final or partial) for this long; meanwhile the "
+        "partials transcriber takes them in the CPU time live work leaves (0: whenever no live "
+        "segment waits)",
         type=non_negative_float,
     )
     parser.env_flag(
@@ -261,6 +273,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TranscriberConfig:
         name=served_pool(args.model_id, args.serve_as),
         device=device,
         dtype=dtype,
+        file_batch=resolve_file_batch(args.file_batch, device),
         compute_type=compute_type,
         decoding=Decoding(args.language, args.task, args.beam_size, args.context),
         consumer=consumer,

@@ -6,8 +6,9 @@ file lane, the segments of uploaded files (``stt:files:<pool>``), so that a file
 live audio. Role ``all`` reads all three, ``finals`` finals and files, ``partials`` partials and
 files, one file segment at a time (it runs at nice +19: its file work takes only the CPU that
 live work leaves, and a partial waits for at most one file segment). A finals (or ``all``)
-transcriber takes files only once it has read no live entry for ``file_idle_s``: under steady
-live traffic the files go to the partials transcriber, and in a quiet pool to every transcriber.
+transcriber takes files only once no transcriber of the pool has read a live entry for
+``file_idle_s`` (``keys.live_key``, which each stamps as it reads one): while anyone in the pool
+talks the files go to the partials transcriber, and in a quiet pool to every transcriber.
 
 Each round serves the first of these that has work:
 
@@ -15,8 +16,8 @@ Each round serves the first of these that has work:
    (XAUTOCLAIM), up to ``max_batch``;
 2. new live entries, read without waiting: finals up to ``max_batch`` (see ``_read_batch``),
    then the newest partial of each session;
-3. only when that read found nothing (and, for a finals transcriber, no live entry came for
-   ``file_idle_s``), file entries: reclaimed as in 1, else new ones, up to ``file_batch``;
+3. only when that read found nothing (and, for a finals transcriber, the pool read no live
+   entry for ``file_idle_s``), file entries: reclaimed as in 1, else new ones, up to ``file_batch``;
 4. with nothing anywhere, one read over every served stream (the file lane as in 3) that waits
    up to BLOCK_MS; what it brings is served live first, then files.
 
@@ -125,10 +126,11 @@ class Worker:
         self.file_reads: dict[Any, Any] = {self.files: ">"}
         background = config.role == "partials"
         self.file_batch = 1 if background else config.file_batch
-        # When a finals transcriber last read a live entry (monotonic); the partials one, in the
-        # background, takes files whenever no partial waits.
-        self.file_idle_s = 0.0 if background else config.file_idle_s
-        self.last_live = -math.inf
+        # A finals transcriber takes files only while the pool's live key is gone; the partials
+        # one, in the background, whenever no partial waits. Each stamps the key as it reads.
+        self.files_in_pauses = not background and config.file_idle_s > 0
+        self.live_key = keys.live_key(config.name)
+        self.live_key_ms = round(config.file_idle_s * 1000)
         self.ack_and_trim = client.register_script(ACK_AND_TRIM)
 
     def _serves(self, stream: str) -> bool:
@@ -139,9 +141,11 @@ class Worker:
             or (self.config.role == "partials") == (stream == self.partials)
         )
 
-    def _files_now(self) -> dict[Any, Any]:
-        """The file lane to read this round: none while live traffic came too recently."""
-        return self.file_reads if time.monotonic() - self.last_live >= self.file_idle_s else {}
+    async def _files_now(self) -> dict[Any, Any]:
+        """The file lane to read this round: none while the pool read a live entry too recently."""
+        if self.files_in_pauses and await self.redis.exists(self.live_key):
+            return {}
+        return self.file_reads
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_groups()
@@ -210,15 +214,15 @@ class Worker:
         finals, partials = await self._read_batch()
         files: list[RawEntry] = []
         if not finals and not partials:
-            file_reads = self._files_now()
+            file_reads = await self._files_now()
             if file_reads:
                 if await self._reclaim(self.files, self.file_batch):
                     return
                 files = (await self._read(file_reads, self.file_batch, None)).get(self.files, [])
             if not files:
                 finals, partials, files = await self._wait_for_any(file_reads)
-        if finals or partials:
-            self.last_live = time.monotonic()
+        if (finals or partials) and self.live_key_ms:
+            await self.redis.set(self.live_key, self.config.consumer, px=self.live_key_ms)
         if finals:
             await self._process(self.stream, finals)
         if partials:
