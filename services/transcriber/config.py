@@ -20,10 +20,11 @@ DEFAULT_BATCH_WAIT_MS = 10
 # file is transcribed waits for at most one file batch. On the 2-core CPU a batch costs about as
 # much per segment as its segments one by one (Worker._fill: 0.8-1.0 s per segment at batch 1, 4
 # or 8), so a big file batch buys little throughput there and holds a newly arrived live segment
-# back longer (4 segments: 3-4 s). bench.files, 8 talkers beside a 10-minute file, two runs each
-# (docs/performance.md): their p95 rose 47-88 % at 4 and 24-35 % at 1, the file at 0.73-0.74 of
-# faster-whisper's speed at 1 against 0.74-0.78 at 4. On a GPU, where a batch of 8-16 costs
-# little more than one segment, 4 stays (the earlier default everywhere; not measured on a GPU).
+# back longer (4 segments: 3-4 s). bench.files, 8 talkers beside a 10-minute file
+# (docs/performance.md): their p95 rose 47-88 % at 4 (two runs) and 6-35 % at 1 (three), the
+# file at 0.72-0.74 of faster-whisper's speed at 1 against 0.74-0.78 at 4. On a GPU, where a
+# batch of 8-16 costs little more than one segment, 4 stays (the earlier default everywhere; not
+# measured on a GPU).
 CPU_FILE_BATCH = 1
 GPU_FILE_BATCH = 4
 # While any transcriber of the pool has read a live entry (a final or a partial request) this
