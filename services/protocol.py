@@ -444,7 +444,29 @@ ServerEvent = (
 )
 
 
-# --- ingest -> transcriber: one stream entry per segment ---------------------
+# --- ingest -> transcriber: one stream entry per segment (or pack of a file's) -
+
+
+@dataclass(frozen=True)
+class Part:
+    """One segment of a pack (``SegmentJob.parts``): its number and its ``start``/``end`` in the
+    stream, and where its audio lies in the pack's (``offset`` and ``length``, seconds)."""
+
+    segment: int
+    start: float
+    end: float
+    offset: float
+    length: float
+
+    def to_list(self) -> list[float]:
+        return [self.segment, self.start, self.end, self.offset, self.length]
+
+    @classmethod
+    def from_list(cls, raw: Any) -> Part:
+        if not isinstance(raw, list) or len(raw) != 5:
+            raise ValueError(f"a part is [segment, start, end, offset, length], not {raw!r}")
+        segment, start, end, offset, length = raw
+        return cls(int(segment), float(start), float(end), float(offset), float(length))
 
 
 @dataclass(frozen=True)
@@ -468,9 +490,11 @@ class SegmentJob:
     channel: int = 0  # the session's audio channel it comes from; echoed by its result
     words: bool = False  # time its words too
     prompt: str = ""  # the session's vocabulary for the model
+    parts: tuple[Part, ...] = ()  # a pack's segments, in order; () for a single segment
 
     def to_fields(self) -> dict[str, bytes | str]:
         return {
+            "parts": json.dumps([part.to_list() for part in self.parts]) if self.parts else "",
             "prompt": self.prompt,
             "partial": "1" if self.partial else "0",
             "words": "1" if self.words else "0",
@@ -502,13 +526,19 @@ class SegmentJob:
                 channel=int(fields.get(b"channel", b"0")),
                 words=fields.get(b"words") == b"1",
                 prompt=fields.get(b"prompt", b"").decode(),
+                parts=tuple(Part.from_list(part) for part in json.loads(fields.get(b"parts") or b"[]")),
             )
-        except (KeyError, UnicodeDecodeError, ValueError) as exc:
+        except (KeyError, UnicodeDecodeError, ValueError, TypeError) as exc:
             raise ValueError(f"malformed segment entry: {exc!r}") from None
 
     @property
     def duration(self) -> float:
         return len(self.pcm) / 2 / MODEL_RATE
+
+    @property
+    def segments(self) -> list[int]:
+        """The segment numbers this job answers: its parts', or its own."""
+        return [part.segment for part in self.parts] or [self.segment]
 
 
 # --- transcriber -> ingest: one pub/sub message per segment -------------------

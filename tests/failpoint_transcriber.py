@@ -29,7 +29,7 @@ def fail_on(segments: frozenset[int]) -> None:
 
     def failing(
         model: SpeechModel, entries: list[Entry], metrics: TranscriberMetrics
-    ) -> dict[bytes, SegmentResult]:
+    ) -> dict[bytes, list[SegmentResult]]:
         for entry in entries:
             if entry.job.segment in segments:
                 raise InjectedFault(f"failpoint: segment {entry.job.segment}")

@@ -57,5 +57,7 @@ def test_bad_values_from_flags_or_env_stop_the_ingest_at_start() -> None:
     assert done.returncode == 2 and "PORT='eighty'" in done.stderr
     done = run("services.ingest", "--silence-ms", "5")
     assert done.returncode == 2 and "silence_ms must be at least one VAD frame" in done.stderr
+    done = run("services.ingest", env={"FILE_PACK_S": "30"})
+    assert done.returncode == 2 and "--file-pack-s must be between 0 and 29, not 30" in done.stderr
     done = run("services.transcriber", env={"DEVICE": "tpu"})
     assert done.returncode == 2 and "DEVICE='tpu'" in done.stderr

@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
+import soundfile as sf
 
 from services import keys
 from services.lifecycle import connect_redis
@@ -103,6 +105,32 @@ def test_a_segment_the_model_keeps_failing_goes_to_the_dead_letter_stream(
         dead: Any = client.xrange(keys.dead_letter_stream(POOL))
         assert len(dead) == 1 and dead[0][1][b"segment"] == b"1"
         assert client.xlen(keys.segment_stream(POOL)) == 0
+
+
+def test_a_dead_lettered_segment_is_told_on_its_own_channel(
+    stacks: list[Stack], speech: Speech, tmp_path: Path
+) -> None:
+    """Segment 1 of each channel of a stereo session fails for good: each channel is told of its
+    own (the error once went to channel 0 alone, and channel 1's segment waited for its timeout)."""
+    stack = Stack.base(
+        tmp_path,
+        transcriber_flags=("--claim-idle-ms", "300", "--max-attempts", "1"),
+        transcriber_module="tests.failpoint_transcriber",
+        transcriber_env={"STT_FAILPOINT_SEGMENTS": "1"},
+    )
+    stacks.append(stack)
+    mono = np.frombuffer(speech.stream(16000, (0, 1, 2)).pcm, np.int16)
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.stack([mono, mono], axis=1), 16000, subtype="PCM_16")
+    code, events, stderr = run_client(
+        stack.uri, stereo, "--fast", "--channels", "2", "--roles", "agent,customer"
+    )
+    assert code == 0, stderr
+    errors = sorted(
+        (e["channel"], e["role"], e["segment"], e["code"]) for e in events if e["type"] == "error"
+    )
+    assert errors == [(0, "agent", 1, "transcription_failed"), (1, "customer", 1, "transcription_failed")]
+    assert sorted((f["channel"], f["segment"]) for f in finals(events)) == [(0, 0), (0, 2), (1, 0), (1, 2)]
 
 
 def test_redis_restart_fails_live_sessions_clearly_and_new_ones_work_within_10s(

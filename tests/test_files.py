@@ -121,6 +121,35 @@ def test_openai_sdk_every_format_word_timings_and_a_stream(ct2_stack: Stack, spe
     assert events[-1].text == plain.text and wer(reference, "".join(d.delta for d in deltas)) <= MAX_WER
 
 
+def test_a_files_segments_are_decoded_together_and_answered_one_by_one(
+    ct2_stack: Stack, speech: Speech
+) -> None:
+    """Five sentences, 1.2 s apart: one pack of five segments, one decode (``--file-pack-s``
+    28), yet five segments come back, each with its own sentence, times and words."""
+    stream = speech.stream(16000)
+    with redis.Redis.from_url(ct2_stack.redis_url) as client:
+
+        def jobs_queued() -> int:
+            return int(client.xinfo_stream(keys.file_stream(POOL))["entries-added"])
+
+        before = jobs_queued()
+        with stream.path.open("rb") as audio:
+            verbose = openai_sdk(ct2_stack.uri).audio.transcriptions.create(
+                model="whisper-1",
+                file=audio,
+                response_format="verbose_json",
+                timestamp_granularities=["word", "segment"],
+            )
+        assert jobs_queued() - before == 1
+    segments, words = verbose.segments or [], verbose.words or []
+    assert len(segments) == len(stream.utterances), [s.text for s in segments]
+    for segment, (start, end), text in zip(segments, stream.utterances, stream.texts, strict=True):
+        assert start - 0.5 <= segment.start and segment.end <= end + 0.5, (segment, start, end)
+        assert wer(text, segment.text) <= MAX_WER, (text, segment.text)
+        inside = [w.word for w in words if segment.start <= w.start and w.end <= segment.end]
+        assert wer(text, " ".join(inside)) <= MAX_WER, (text, inside)
+
+
 def test_bad_files_get_clear_errors_in_each_protocols_shape(
     ct2_stack: Stack, speech: Speech, tmp_path: Path
 ) -> None:

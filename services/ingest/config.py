@@ -10,6 +10,9 @@ from services.config import EnvArgumentParser, add_common_flags, boolean, from_a
 from services.ingest.outputs.webhook import parse_url
 from services.segmenter import SegmenterConfig
 
+# A pack is decoded in one window of Whisper's 30 s, with the transcriber's 1 s margin to spare.
+MAX_PACK_S = 29.0
+
 
 @dataclass(frozen=True)
 class CallConfig:
@@ -31,7 +34,8 @@ class FileConfig:
     max_file_bytes: int  # an upload over this is refused (413)
     max_file_s: float  # and audio longer than this
     file_result_timeout: float  # a file's segment waits this long for its result (behind live audio)
-    file_window: int  # a file keeps at most this many segments queued and unanswered
+    file_window: int  # a file keeps at most this many jobs (segments or packs) queued and unanswered
+    file_pack_s: float  # a file's segments are packed into jobs of up to this much audio (0: one each)
 
 
 @dataclass(frozen=True)
@@ -306,8 +310,17 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
         "--file-window",
         "FILE_WINDOW",
         8,
-        "segments of one file queued and unanswered at most (enough to fill the pool's file batches)",
+        "jobs (segments or packs) of one file queued and unanswered at most (enough to fill the pool's "
+        "file batches)",
         type=positive(int),
+    )
+    parser.env_flag(
+        "--file-pack-s",
+        "FILE_PACK_S",
+        28.0,
+        "a file's consecutive segments are decoded together in windows of up to this much audio "
+        f"(s, at most {MAX_PACK_S:g}; 0: each segment alone)",
+        type=float,
     )
     parser.env_flag(
         "--tls-cert",
@@ -320,6 +333,8 @@ def parse_args(argv: Sequence[str] | None = None) -> IngestConfig:
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if not 0 <= args.file_pack_s <= MAX_PACK_S:
+        parser.error(f"--file-pack-s must be between 0 and {MAX_PACK_S:g}, not {args.file_pack_s:g}")
     if args.webhook_url and not args.webhook_secret:
         parser.error("--webhook-url needs --webhook-secret: receivers must be able to check what they get")
     if args.webhook_url:

@@ -197,9 +197,10 @@ class CTranslate2Model:
         if not batch:
             return []
         mel = self.features(batch)
+        encoded = self.encode(mel)
         starts = [self.start(prompts[n] if n < len(prompts) else "") for n in range(len(batch))]
         budget = self.decoding.token_budget(max(len(clip) for clip in batch) / SAMPLE_RATE)
-        results = self.generate(mel, starts, list(range(len(batch))), budget)
+        results = self.generate(encoded, starts, list(range(len(batch))), budget)
         texts = [[i for i in result.sequences_ids[0] if i < self.eot] for result in results]
         if mel.shape[-1] < WINDOW_S * FRAMES_PER_SECOND:
             said = zip(texts, results, strict=True)
@@ -208,20 +209,26 @@ class CTranslate2Model:
                 log.info(
                     "%d of %d windowed decodes doubtful: decoded again over 30 s", len(again), len(batch)
                 )
-                mel = self.mel(batch, WINDOW_S * FRAMES_PER_SECOND)
-                for n, result in zip(again, self.generate(mel, starts, again, budget), strict=True):
+                encoded = self.encode(self.mel(batch, WINDOW_S * FRAMES_PER_SECOND))
+                for n, result in zip(again, self.generate(encoded, starts, again, budget), strict=True):
                     results[n], texts[n] = result, [i for i in result.sequences_ids[0] if i < self.eot]
         wanted = [ids if n < len(words) and words[n] else [] for n, ids in enumerate(texts)]
-        timed = self.align(mel, batch, wanted)
+        timed = self.align(encoded, batch, wanted)
         return [
             Transcript(self.decode(ids).strip(), float(result.no_speech_prob), tuple(words))
             for ids, result, words in zip(texts, results, timed, strict=True)
         ]
 
+    def encode(self, mel: NDArray[np.float32]) -> NDArray[Any]:
+        """The encoder's output for ``mel``, once: generating, decoding again and aligning all
+        start from it (each of CTranslate2's calls given the features would run the encoder)."""
+        features = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel))
+        return np.asarray(self.model.encode(features, to_cpu=True))
+
     def generate(
-        self, mel: NDArray[np.float32], starts: list[list[int]], members: list[int], budget: int
+        self, encoded: NDArray[Any], starts: list[list[int]], members: list[int], budget: int
     ) -> list[Any]:
-        """CTranslate2's results for clips ``members`` of ``mel``, in that order. It needs
+        """CTranslate2's results for clips ``members`` of ``encoded``, in that order. It needs
         <|startoftranscript|> at one position in a batch: one call per prompt length."""
         groups: dict[int, list[int]] = {}
         for n in members:
@@ -229,7 +236,7 @@ class CTranslate2Model:
         results: dict[int, Any] = {}
         for group in groups.values():
             generated = self.model.generate(
-                ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[group])),
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[group])),
                 [starts[n] for n in group],
                 beam_size=self.decoding.beam_size,
                 max_length=ct2_max_length(budget),
@@ -238,17 +245,16 @@ class CTranslate2Model:
             results.update(zip(group, generated, strict=True))
         return [results[n] for n in members]
 
-    def align(self, mel: NDArray[np.float32], batch: Clips, texts: list[list[int]]) -> list[list[Word]]:
+    def align(self, encoded: NDArray[Any], batch: Clips, texts: list[list[int]]) -> list[list[Word]]:
         """Each clip's words with their times (none for a clip without ``texts``): CTranslate2's
         ``align`` (dynamic time warping over the alignment heads' cross-attention), one more
-        decoder pass over the tokens chosen. It adds about 75 % to a segment's model time (mean
-        0.20 -> 0.36 s for the espeak sentences on one CPU thread, bench/words.py): sessions ask."""
+        decoder pass over the tokens chosen, on the encoder output already made."""
         out: list[list[Word]] = [[] for _ in batch]
         spoken = [n for n, ids in enumerate(texts) if ids]
         if not spoken:
             return out
         aligned = self.model.align(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[spoken])),
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[spoken])),
             self.prompt[:-1],  # without <|notimestamps|>
             [texts[n] for n in spoken],
             [len(batch[n]) // HOP for n in spoken],

@@ -358,14 +358,16 @@ class Worker:
             pipe.xadd(self.dead, dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
             try:
                 job = SegmentJob.from_fields(fields)
-                error = SegmentResult(
-                    job.session,
-                    job.segment,
-                    "error",
-                    reason=f"segment could not be transcribed: {reason}",
-                    eager=job.eager,
-                )
-                pipe.publish(keys.result_channel(job.session), error.to_json())
+                for segment in job.segments:  # each segment of a pack is told
+                    error = SegmentResult(
+                        job.session,
+                        segment,
+                        "error",
+                        reason=f"segment could not be transcribed: {reason}",
+                        eager=job.eager,
+                        channel=job.channel,
+                    )
+                    pipe.publish(keys.result_channel(job.session), error.to_json())
             except ValueError:
                 pass  # malformed: nobody to tell
             await self.ack_and_trim([stream], [keys.GROUP, entry_id], client=pipe)
@@ -387,22 +389,25 @@ class Worker:
             self.metrics.skipped.labels(self.config.name).inc(len(gone))
         results = await self._transcribe(entries)
         if stream == self.files:
-            self.metrics.file_segments.labels(self.config.name).inc(len(results))
+            self.metrics.file_segments.labels(self.config.name).inc(sum(map(len, results.values())))
         # A failed entry stays pending, to be reclaimed and retried.
         await self._finish(stream, results, gone + list(results))
 
-    async def _transcribe(self, entries: list[Entry]) -> dict[bytes, SegmentResult]:
-        """One batch through the model, off the event loop; failed entries are left out."""
+    async def _transcribe(self, entries: list[Entry]) -> dict[bytes, list[SegmentResult]]:
+        """One batch through the model, off the event loop: each entry's results (one per
+        segment it answers); failed entries are left out."""
         if not entries:
             return {}
         return await asyncio.to_thread(transcribe, self.model, entries, self.metrics)
 
-    async def _finish(self, stream: str, results: dict[bytes, SegmentResult], done: list[bytes]) -> None:
+    async def _finish(
+        self, stream: str, results: dict[bytes, list[SegmentResult]], done: list[bytes]
+    ) -> None:
         """Publish the results, then acknowledge the entries that are done and trim the stream."""
         if not done:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
-            for result in results.values():
+            for result in (result for answers in results.values() for result in answers):
                 pipe.publish(keys.result_channel(result.session), result.to_json())
             await self.ack_and_trim([stream], [keys.GROUP, *done], client=pipe)
             await pipe.execute()

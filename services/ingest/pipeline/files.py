@@ -3,9 +3,11 @@ the same core as live audio (VAD, segments), its segments queued on the pool's f
 (``keys.file_stream``, taken by transcribers only when no live segment waits), its finals
 collected in order.
 
-A file is fed as fast as its segments are answered, never faster: at most ``--file-window``
-of its segments are queued and unanswered at once, so one long file neither fills the lane nor
-holds more than a window of audio in memory. Partials and eager guesses are off (nobody
+Its consecutive segments are packed into jobs of up to ``--file-pack-s`` of audio
+(``services.ingest.core.packs``): a pack is decoded in one window and answered segment by
+segment. A file is fed as fast as its jobs are answered, never faster: at most
+``--file-window`` of them are queued and unanswered at once, so one long file neither fills the
+lane nor holds more than a window of audio in memory. Partials and eager guesses are off (nobody
 listens to them); its finals count in no live latency metric.
 """
 
@@ -26,6 +28,7 @@ from scipy.signal import resample_poly
 from services import keys
 from services.ingest.config import IngestConfig
 from services.ingest.core.channels import Channels
+from services.ingest.core.packs import Packer
 from services.ingest.pipeline.results import WAKE
 from services.ingest.pipeline.session import ClientGone, Runner
 from services.protocol import ErrorEvent, Final, ProtocolError, ServerEvent
@@ -34,6 +37,8 @@ RATES = (8000, 16000, 32000, 48000)  # what the VAD takes as is; any other rate 
 RESAMPLED_RATE = 16000
 BLOCK_S = 10.0  # decoded (and resampled) at a time, in a thread
 FEED_S = 0.1  # fed to the core at a time: live clients' frame size, so the loop stays responsive
+# Silence between the segments of a pack: about a pause between two sentences.
+PACK_GAP_S = 1.0
 RAW_SUBTYPES = {"linear16": "PCM_16", "mulaw": "ULAW", "alaw": "ALAW"}
 
 
@@ -134,7 +139,11 @@ class FileSession(Runner):
         self.on_final = on_final
         self.finals: list[Final] = []
         self.failed: list[ErrorEvent] = []
-        self.unanswered = 0
+        files = config.files
+        self.packer = Packer(files.file_pack_s, PACK_GAP_S) if files.file_pack_s > 0 else None
+        self.waiting: dict[tuple[int, int], int] = {}  # (channel, segment) -> its job's number
+        self.parts_left: dict[int, int] = {}  # a queued job's number -> its segments unanswered
+        self.jobs = 0  # jobs queued so far
         self.answered = asyncio.Event()
 
     async def _receive(self) -> None:
@@ -156,16 +165,23 @@ class FileSession(Runner):
         await self._ignore_until_done()
 
     async def _hand_on(self) -> None:
-        """Queue what the core made; wait while the file's window of segments is full."""
+        """Queue what the core made (packed); wait while the file's window of jobs is full."""
         for channel in self.core.cores:
             if channel.tentative is not None:
                 channel.decline_guess()
         jobs = self.core.jobs_to_queue()
-        self.unanswered += len(jobs)
+        if self.packer is not None:
+            jobs = self.packer.add(jobs)
+            if self.core.eof:
+                jobs += self.packer.flush()
+        for job in jobs:
+            self.parts_left[self.jobs] = len(job.segments)
+            self.waiting.update(((job.channel, segment), self.jobs) for segment in job.segments)
+            self.jobs += 1
         await self._queue(jobs)
         if self.core.eof or self.core.has_events:
             await self.results.put(WAKE)
-        while self.unanswered >= self.config.files.file_window:
+        while len(self.parts_left) >= self.config.files.file_window:
             self.answered.clear()
             await self.answered.wait()
         if self.gone():
@@ -183,9 +199,17 @@ class FileSession(Runner):
             self.finals.append(event)
             if self.on_final is not None and event.text.strip():
                 await self.on_final(event)
+            self._answered(event.channel, event.segment)
         elif isinstance(event, ErrorEvent) and event.segment is not None:
             self.failed.append(event)
-        else:
+            self._answered(event.channel, event.segment)
+
+    def _answered(self, channel: int, segment: int) -> None:
+        """One segment answered; its job is once all of its segments are."""
+        job = self.waiting.pop((channel, segment), None)
+        if job is None:
             return
-        self.unanswered -= 1
-        self.answered.set()
+        self.parts_left[job] -= 1
+        if not self.parts_left[job]:
+            del self.parts_left[job]
+            self.answered.set()
