@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.protocols [--protocols native,deepgram,flux,openai] [--concurrency 2]
                                         [--env KEY=VALUE ...] [--out bench/results/protocols.json]
+    .venv/bin/python -m bench.protocols --transcriber echo [--rounds 3] [--echo-model-time 0.25]
+                                        [--out bench/results/protocols-echo.json]
 
 Starts `make run`'s stack (``python -m services.stack``, its defaults unless ``--env`` overrides
 one) on a private redis-server, as ``bench.fidelity`` does. Each real recording of
@@ -14,6 +16,15 @@ moment the frame holding the recording's last sample was sent. Reported per prot
 latency and how many utterances got text. ``native-partials`` is ours with ``partials=1`` (Flux
 and OpenAI Realtime sessions always get partials: their like for like); ``native-words`` ours with
 ``words=1`` (Deepgram's results always carry timed words: its like for like).
+
+``--transcriber echo`` measures what the protocols' own paths cost, without the model's noise:
+the transcribers are ``bench.echo_worker`` (the real consume loop, a model that answers every
+batch in ``--echo-model-time`` seconds; one transcriber per protocol, so none waits for another
+session's segment), and each utterance is streamed through every protocol at the same moment,
+``--rounds`` times over the evalset. Each protocol's latency is then paired, utterance by
+utterance, with its like for like's (ours, with partials or words as above); reported: the
+difference of their p50s and the median of the paired differences with its 95 % bootstrap
+interval.
 """
 
 from __future__ import annotations
@@ -21,12 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +48,14 @@ from websockets.asyncio.client import connect
 
 from bench.common import save_report
 from bench.fidelity import EVALSET, Utterance, load_evalset, stack
-from bench.measure import spread
-from services.stack import ROOT
+from bench.measure import percentile, spread
+from services.stack import POOL, ROOT, Stack
 
 RATE = 16000
 FRAME_S = 0.02
 TAIL_S = 1.5
+# Each protocol's like for like on our own protocol: what its sessions ask of the pipeline.
+LIKE = {"deepgram": "native-words", "flux": "native-partials", "openai": "native-partials"}
 
 
 @dataclass(frozen=True)
@@ -153,30 +167,95 @@ async def run_all(
     return latencies
 
 
+async def run_paired(
+    uri: str, utts: list[Utterance], names: list[str], rounds: int
+) -> dict[str, list[float | None]]:
+    """Each utterance through every protocol at once, ``rounds`` times over: latencies by protocol,
+    in the same order, so that the n-th of each were streamed together."""
+    latencies: dict[str, list[float | None]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for utt in utts:
+            got = await asyncio.gather(*(one(uri, WIRES[name], utt) for name in names))
+            for name, latency in zip(names, got, strict=True):
+                latencies[name].append(latency)
+    return latencies
+
+
+def paired(
+    values: list[float | None], like: list[float | None], draws: int = 10_000
+) -> dict[str, float | int | list[float]]:
+    """A protocol's latencies against its like for like's, streamed together: the median of the
+    paired differences (ms) and its 95 % bootstrap interval."""
+    diffs = np.array([a - b for a, b in zip(values, like, strict=True) if a is not None and b is not None])
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(diffs, (draws, len(diffs))), axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return {
+        "pairs": len(diffs),
+        "median_diff_ms": round(float(np.median(diffs)) * 1000, 1),
+        "ci95_ms": [round(float(low) * 1000, 1), round(float(high) * 1000, 1)],
+    }
+
+
+@contextlib.contextmanager
+def echo_stack(workdir: Path, transcribers: int, model_time: float) -> Iterator[str]:
+    """redis-server, one ingest (its defaults) and ``transcribers`` echo transcribers plus one for
+    partials, each answering a batch in ``model_time`` seconds."""
+    stack = Stack.base(workdir, transcribers=0)
+    try:
+        env = {"ECHO_MODEL_TIME": f"{model_time},0"}
+        for role in ["finals"] * transcribers + ["partials"]:
+            flags = ("--serve-as", POOL, "--role", role, "--log-level", "WARNING")
+            stack.start_transcriber("echo", *flags, module="bench.echo_worker", env=env)
+        stack.wait_serving(POOL, transcribers + 1, timeout=60)
+        yield stack.uri
+    finally:
+        stack.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocols", default=",".join(WIRES), help=f"some of {', '.join(WIRES)}")
-    parser.add_argument("--concurrency", type=int, default=2, help="sessions streaming at once")
+    parser.add_argument("--concurrency", type=int, default=2, help="sessions streaming at once (whisper)")
+    parser.add_argument("--transcriber", choices=("whisper", "echo"), default="whisper")
+    parser.add_argument("--rounds", type=int, default=3, help="times over the evalset (echo)")
+    parser.add_argument("--echo-model-time", type=float, default=0.25, help="seconds per batch (echo)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stack (make run's)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "protocols.json")
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/protocols[-echo].json")
     args = parser.parse_args(argv)
     names = args.protocols.split(",")
     if set(names) - set(WIRES):
         parser.error(f"unknown protocols {sorted(set(names) - set(WIRES))}")
+    echo = args.transcriber == "echo"
+    if echo:
+        names += [LIKE[name] for name in names if name in LIKE and LIKE[name] not in names]
     utts = load_evalset(EVALSET)
-    with tempfile.TemporaryDirectory() as workdir, stack(args.env, Path(workdir), "protocols") as uri:
-        latencies = asyncio.run(run_all(uri, utts, names, args.concurrency))
+    with tempfile.TemporaryDirectory() as workdir:
+        if echo:
+            with echo_stack(Path(workdir), len(names), args.echo_model_time) as uri:
+                latencies = asyncio.run(run_paired(uri, utts, names, args.rounds))
+        else:
+            with stack(args.env, Path(workdir), "protocols") as uri:
+                latencies = asyncio.run(run_all(uri, utts, names, args.concurrency))
     report: dict[str, Any] = {
         "command": shlex.join(
             ["python", "-m", "bench.protocols", *(argv if argv is not None else sys.argv[1:])]
         ),
         "utterances": len(utts),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     for name, values in latencies.items():
         got = [v for v in values if v is not None]
         report[name] = {"answered": len(got), "latency_s": spread(got, (50, 95), 3)}
+        like = LIKE.get(name)
+        if echo and like in latencies and got:
+            theirs = [v for v in latencies[like] if v is not None]
+            p50_diff = percentile(got, 50) - percentile(theirs, 50)
+            report[name]["against"] = {"like": like, "p50_diff_ms": round(p50_diff * 1000, 1)}
+            report[name]["against"] |= paired(values, latencies[like])
     print(json.dumps(report, indent=2))
-    save_report(args.out, report)
+    out = args.out or ROOT / "bench" / "results" / f"protocols{'-echo' if echo else ''}.json"
+    save_report(out, report)
     return 0
 
 

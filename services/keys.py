@@ -34,8 +34,9 @@ def file_stream(model: str) -> str:
 
 def live_key(model: str) -> str:
     """Set, with a TTL of their ``--file-idle-s``, by every transcriber of ``model`` as it reads a
-    live entry (a final or a partial request): while it exists someone in the pool is talking, and
-    the finals transcribers leave the file lane to the background one."""
+    live entry (a final or a partial request), and by the ingest while a segment of the pool is
+    open (``services.ingest.pipeline.talking``): while it exists someone in the pool is talking,
+    and the finals transcribers leave the file lane to the background one."""
     return f"{PREFIX}:live:{model}"
 
 

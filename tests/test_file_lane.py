@@ -15,6 +15,7 @@ are queued here directly, as the ingest queues them.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -24,11 +25,13 @@ from typing import Any
 import pytest
 import redis
 from redis.client import PubSub
+from websockets.sync.client import connect
 
 from services import keys
 from services.protocol import SegmentJob, SegmentResult
 from services.stack import Stack, counter, free_port, wait_until
 from services.transcriber.worker import BLOCK_MS
+from tools.speech import Speech
 
 POOL = "file-lane-test"
 FILE_BATCH = 4
@@ -90,6 +93,15 @@ def results(pubsub: PubSub, count: int, timeout: float) -> list[SegmentResult]:
         assert time.monotonic() < deadline, f"{len(got)} results of {count} after {timeout} s: {got}"
         message = pubsub.get_message(timeout=0.1)
         if message is not None and message["type"] == "message":
+            got.append(SegmentResult.from_json(message["data"]))
+    return got
+
+
+def arrived(pubsub: PubSub) -> list[SegmentResult]:
+    """Every result that has arrived and not been read yet."""
+    got = []
+    while (message := pubsub.get_message(timeout=0.1)) is not None:
+        if message["type"] == "message":
             got.append(SegmentResult.from_json(message["data"]))
     return got
 
@@ -237,6 +249,40 @@ def test_a_finals_transcriber_leaves_files_alone_while_anyone_in_the_pool_talks(
     while_talking = [r for r in files if r.timings["model_start"] < talking_ended + idle_s - 0.2]
     assert while_talking and {r.timings["batch"] for r in while_talking} == {1}, files
     assert FILE_BATCH in {r.timings["batch"] for r in files}, "the finals transcriber took none after"
+
+
+def test_a_talker_who_starts_after_a_quiet_spell_stops_new_file_work_at_once(
+    stack: Stack, speech: Speech
+) -> None:
+    """A finals transcriber busy with a file in a quiet pool, then someone starts talking: the
+    ingest stamps the pool's live key as soon as the segment opens, so no new file work begins
+    while the talker speaks, and the talker's final waits for at most the file batch begun before.
+    Stamped by the transcribers alone (on reading the talker's segment, once spoken whole), the
+    file kept the transcriber for the whole sentence: bench.files' talkers who began beside a
+    file waited behind packs begun in the meantime."""
+    start(stack, "--file-idle-s", "1.5", "--file-batch", "1", model_time="0,0.3", role="finals")
+    uri, _ = stack.start_ingest(POOL)
+    stream = speech.stream(16000, (5,))  # one long sentence (about 9 s)
+    with redis.Redis.from_url(stack.redis_url) as client, client.pubsub() as pubsub:
+        listen(pubsub, "upload")
+        queue(client, [job("upload", n) for n in range(200)])
+        results(pubsub, 3, timeout=20)  # the file is being transcribed
+        with connect(f"{uri}/?sample_rate=16000", additional_headers={"Authorization": "Bearer k"}) as ws:
+            json.loads(ws.recv())  # ready
+            began = time.time()
+            for n, offset in enumerate(range(0, len(stream.pcm), 640)):
+                ws.send(stream.pcm[offset : offset + 640])
+                time.sleep(max(0.0, began + (n + 1) * 0.02 - time.time()))
+            ws.send(json.dumps({"type": "eof"}))
+            final = next(e for e in map(json.loads, ws) if e["type"] == "final")
+            answered = time.time()
+        files = [r for r in arrived(pubsub) if r.session == "upload"]
+    assert final["text"] == "echo"
+    # The segment opens some 0.3 s into the sentence; a file batch begun just before may run 0.3 s.
+    opened = began + stream.utterances[0][0] + 0.3
+    during = [r.timings["model_start"] for r in files if opened + 0.5 < r.timings["model_start"] < answered]
+    assert not during, f"{len(during)} file batches began while the talker spoke"
+    assert answered - (began + stream.utterances[0][1]) < 2.0
 
 
 def test_file_segments_a_dead_consumer_left_pending_are_reclaimed(stack: Stack) -> None:

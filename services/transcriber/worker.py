@@ -7,8 +7,9 @@ live audio. Role ``all`` reads all three, ``finals`` finals and files, ``partial
 files, one file segment at a time (it runs at nice +19: its file work takes only the CPU that
 live work leaves, and a partial waits for at most one file segment). A finals (or ``all``)
 transcriber takes files only once no transcriber of the pool has read a live entry for
-``file_idle_s`` (``keys.live_key``, which each stamps as it reads one): while anyone in the pool
-talks the files go to the partials transcriber, and in a quiet pool to every transcriber.
+``file_idle_s`` (``keys.live_key``, which each stamps as it reads one, and the ingest while a
+segment is open): while anyone in the pool talks the files go to the partials transcriber, and in
+a quiet pool to every transcriber.
 
 Each round serves the first of these that has work:
 

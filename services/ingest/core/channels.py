@@ -66,6 +66,11 @@ class Channels:
         self.frame_unit = params.bytes_per_sample * params.channels
         self._notes: list[ServerEvent] = []  # events of the session as a whole, sent first
 
+    @property
+    def speaking(self) -> bool:
+        """A segment is open on some channel: someone is speaking (or was, until its pause ends)."""
+        return any(core.segmenter.in_speech for core in self.cores)
+
     def apply(self, given: Input, now: float) -> None:
         """One input from the client's protocol (a keepalive needs nothing: it kept the session open)."""
         if isinstance(given, Audio):

@@ -28,6 +28,7 @@ from services.ingest.outputs.webhook import Webhook
 from services.ingest.pipeline.backlog import waiting
 from services.ingest.pipeline.results import ResultRouter
 from services.ingest.pipeline.session import CallSession, ClientGone, Session
+from services.ingest.pipeline.talking import Talking
 from services.ingest.protocols.adapter import Adapter, Opened
 from services.ingest.protocols.native import Native
 from services.ingest.protocols.telephony import frames as telephony
@@ -65,6 +66,7 @@ class Ingest:
         self.webhook = (
             Webhook(calls.webhook_url, calls.webhook_secret, metrics) if calls.webhook_url else None
         )
+        self.talking = Talking(client)
         self.sessions = 0
         self.connections: set[Connection] = set()  # the WebSockets open now, closed by the drain
         self.idle = asyncio.Event()
@@ -275,7 +277,7 @@ class Ingest:
                 params.channels,
             )
             self.metrics.sessions_opened.labels(model).inc()
-            await Session(ws, channels, adapter, config, self.redis, results, cold).run()
+            await Session(ws, channels, adapter, config, self.redis, results, cold, self.talking).run()
 
     async def handle_call(self, ws: Connection, session_id: str, platform: telephony.Platform) -> None:
         """A telephony platform's media stream: its events go to the call's event stream. Its
@@ -305,7 +307,7 @@ class Ingest:
             )
             self.metrics.sessions_opened.labels(model).inc()
             call = Call(start, session_id, model, params, config, self.metrics, time.time())
-            await CallSession(ws, call, config, self.redis, results, cold, self.webhook).run()
+            await CallSession(ws, call, config, self.redis, results, cold, self.webhook, self.talking).run()
 
 
 async def read_start(ws: Connection, platform: telephony.Platform) -> telephony.Start:

@@ -26,6 +26,7 @@ from services.ingest.edge.connection import Closed, ClosedOK, Connection
 from services.ingest.outputs.webhook import Webhook
 from services.ingest.pipeline.backlog import waiting
 from services.ingest.pipeline.results import LOST, WAKE
+from services.ingest.pipeline.talking import Talking
 from services.ingest.protocols import native
 from services.ingest.protocols.adapter import Adapter, Reply
 from services.ingest.protocols.telephony import frames as telephony
@@ -199,9 +200,11 @@ class SocketRunner(Runner):
         client: redis.Redis,
         results: asyncio.Queue[bytes],
         cold: bool = False,
+        talking: Talking | None = None,
     ) -> None:
         super().__init__(core, config, client, results, cold)
         self.ws = ws
+        self.talking = talking  # told while a segment is open (file work then waits)
         self.idle_timeout = config.idle_timeout  # no frame for this long ends the session
         self.replies: list[str | bytes] = []  # frames that answer the client's last one, sent at once
 
@@ -239,6 +242,8 @@ class SocketRunner(Runner):
                 self._closed(closed)
             else:
                 self._take(message, time.time())
+                if self.talking is not None and core.speaking:
+                    await self.talking.heard(core.model)
             while self.replies:
                 await self._deliver(self.replies.pop(0))
             await self._offer_guesses()
@@ -280,8 +285,9 @@ class Session(SocketRunner):
         client: redis.Redis,
         results: asyncio.Queue[bytes],
         cold: bool = False,
+        talking: Talking | None = None,
     ) -> None:
-        super().__init__(ws, core, config, client, results, cold)
+        super().__init__(ws, core, config, client, results, cold, talking)
         self.adapter = adapter
         self.idle_timeout = adapter.idle_timeout() or config.idle_timeout
 
@@ -319,8 +325,9 @@ class CallSession(SocketRunner):
         results: asyncio.Queue[bytes],
         cold: bool = False,
         webhook: Webhook | None = None,
+        talking: Talking | None = None,
     ) -> None:
-        super().__init__(ws, call.channels, config, client, results, cold)
+        super().__init__(ws, call.channels, config, client, results, cold, talking)
         self.call = call
         self.webhook = webhook
         self.events = keys.call_events(call.start.call)
