@@ -20,7 +20,8 @@ and OpenAI Realtime sessions always get partials: their like for like); ``native
 ``--transcriber echo`` measures what the protocols' own paths cost, without the model's noise:
 the transcribers are ``bench.echo_worker`` (the real consume loop, a model that answers every
 batch in ``--echo-model-time`` seconds; one transcriber per protocol, so none waits for another
-session's segment), and each utterance is streamed through every protocol at the same moment,
+session's segment, and eager guesses whatever the backlog), and each utterance is streamed
+through every protocol at the same moment,
 ``--rounds`` times over the evalset. Each protocol's latency is then paired, utterance by
 utterance, with its like for like's (ours, with partials or words as above); reported: the
 difference of their p50s and the median of the paired differences with its 95 % bootstrap
@@ -200,8 +201,11 @@ def paired(
 @contextlib.contextmanager
 def echo_stack(workdir: Path, transcribers: int, model_time: float) -> Iterator[str]:
     """redis-server, one ingest (its defaults) and ``transcribers`` echo transcribers plus one for
-    partials, each answering a batch in ``model_time`` seconds."""
-    stack = Stack.base(workdir, transcribers=0)
+    partials, each answering a batch in ``model_time`` seconds. The ingest makes eager guesses
+    whatever the backlog: every protocol's session pauses at the same moment here, and with the
+    default ``--eager-max-backlog`` (1) the last ones to get there would be refused their guess
+    for the others' (the echo pool has a transcriber for each, so none waits)."""
+    stack = Stack.base(workdir, transcribers=0, ingest_flags=("--eager-max-backlog", "1000"))
     try:
         env = {"ECHO_MODEL_TIME": f"{model_time},0"}
         for role in ["finals"] * transcribers + ["partials"]:
