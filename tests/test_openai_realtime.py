@@ -19,6 +19,7 @@ from openai import OpenAI
 from openai.types.realtime import RealtimeErrorEvent, RealtimeServerEvent
 from pydantic import TypeAdapter
 
+from services.audio import StreamResampler
 from services.ingest.core.inputs import Audio, Configure, Finalize
 from services.ingest.protocols.adapter import Opened, Reply
 from services.ingest.protocols.openai_realtime import OpenAIRealtime, parse
@@ -98,7 +99,8 @@ def test_audio_is_decoded_and_resampled_to_16k_in_every_format() -> None:
     }
     flushed, updated = adapter.take(json.dumps(update))
     assert isinstance(flushed, Audio) and isinstance(updated, Reply)
-    assert len(out + flushed.data) == 16000 * 2  # 1 s at 16 kHz, odd-byte chunks and all
+    # 1 s at 16 kHz, odd-byte chunks and all, after the resampler's lead (services.audio)
+    assert len(out + flushed.data) == (16000 + StreamResampler(24000).lead) * 2
     assert sdk(updated.frame).session.audio.input.format.type == "audio/pcmu"
     (mulaw,) = adapter.take(append(b"\xff" * 8000))  # 1 s of G.711 mu-law at 8 kHz
     assert isinstance(mulaw, Audio) and abs(len(mulaw.data) - 32000) <= 2 * 96 * 2

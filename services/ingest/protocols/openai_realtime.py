@@ -10,7 +10,9 @@ and ``turn_detection``, answered by ``session.updated``. The beta form
 ``transcription_session.updated``.
 
 Audio comes base64 in ``input_audio_buffer.append``; it is decoded and resampled here to the
-16 kHz linear16 the session was opened with, so the format may change mid-session.
+16 kHz linear16 the session was opened with, so the format may change mid-session (each resampler
+begins with a lead of under 2 ms of silence, so that it holds nothing a VAD frame waits for:
+``services.audio.StreamResampler``).
 
 Segments are always cut by our VAD with the ingest's ``--silence-ms``: ``turn_detection``
 (``server_vad`` with any ``silence_duration_ms``, ``semantic_vad``, or ``null`` for manual
