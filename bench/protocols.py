@@ -117,16 +117,11 @@ def text_of(message: dict[str, Any]) -> str:
     return str(message.get("text", ""))
 
 
-def at_rate(pcm: bytes, rate: int) -> bytes:
-    """16 kHz PCM at ``rate``, band-limited (``resample_poly``): the same sound, so that the VAD
-    hears at 24 kHz what it hears at 16 kHz (linear interpolation, used before 2026-12-07, dulled
-    the highs enough to move where some utterances' speech was heard to end)."""
-    return resample_pcm16(pcm, RATE, rate)
-
-
 async def one(uri: str, wire: Wire, utt: Utterance) -> float | None:
     """Stream one utterance; the latency of its last final with text, or None when none came."""
-    speech = at_rate(utt.pcm(), wire.rate)
+    # Band-limited, so that every protocol hears the same sound (linear interpolation, used before
+    # 2026-12-07, dulled the highs enough to move where some utterances' speech was heard to end).
+    speech = resample_pcm16(utt.pcm(), RATE, wire.rate)
     pcm = speech + bytes(int(TAIL_S * wire.rate) * 2)
     frame = int(wire.rate * FRAME_S) * 2
     last_sample_sent = 0.0

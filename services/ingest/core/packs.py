@@ -19,12 +19,17 @@ from services.protocol import MODEL_RATE, Part, SegmentJob
 BYTES_PER_S = 2 * MODEL_RATE
 
 
+def gap_bytes(gap_s: float) -> int:
+    """The PCM bytes of ``gap_s`` of silence (whole samples)."""
+    return 2 * round(gap_s * MODEL_RATE)
+
+
 def pack(jobs: list[SegmentJob], gap_s: float) -> SegmentJob:
     """One job for ``jobs`` (consecutive final segments of one channel, in order): their audio
     joined by ``gap_s`` of silence; one job alone is returned as it is."""
     if len(jobs) == 1:
         return jobs[0]
-    gap = bytes(2 * round(gap_s * MODEL_RATE))
+    gap = bytes(gap_bytes(gap_s))
     pcm, parts, offset = bytearray(), [], 0
     for job in jobs:
         if pcm:
@@ -52,7 +57,7 @@ class Packer:
     def __init__(self, limit_s: float, gap_s: float) -> None:
         self.limit = round(limit_s * BYTES_PER_S)
         self.gap_s = gap_s
-        self.gap = 2 * round(gap_s * MODEL_RATE)
+        self.gap = gap_bytes(gap_s)
         self._open: dict[int, list[SegmentJob]] = {}  # by channel
 
     @property
